@@ -1,0 +1,6 @@
+"""famjax: TransformerFAM (feedback attention memory) in JAX/Flax."""
+from famjax.config import AttentionConfig, ModelConfig
+from famjax.model import Transformer
+
+__version__ = "0.1.0"
+__all__ = ["AttentionConfig", "ModelConfig", "Transformer"]

@@ -1,0 +1,36 @@
+"""`famjax train | eval | convert | generate | bench`."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "train": ("famjax.train.main", "train the model of a gin run file"),
+    "eval": ("famjax.evaluate", "evaluate a model directory on seqio tasks"),
+    "convert": ("famjax.convert.cli", "convert Hugging Face / GGUF checkpoints"),
+    "generate": ("famjax.decode", "stream-decode from a prompt"),
+    "bench": ("benchmarks.attention_modes", "time full / bswa / fam"),
+}
+
+
+def usage() -> str:
+  lines = ["usage: famjax COMMAND [ARGS]", "", "commands:"]
+  lines += [f"  {name:<9} {doc}" for name, (_, doc) in COMMANDS.items()]
+  return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if not argv or argv[0] in ("-h", "--help", "help"):
+    print(usage())
+    return 0
+  cmd, rest = argv[0], argv[1:]
+  if cmd not in COMMANDS:
+    print(f"famjax: unknown command {cmd!r}\n\n{usage()}", file=sys.stderr)
+    return 2
+  module = importlib.import_module(COMMANDS[cmd][0])
+  return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

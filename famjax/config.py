@@ -1,0 +1,216 @@
+"""Model and attention configuration.
+
+Both dataclasses are frozen, hashable (so they can be static arguments of
+`jax.jit`) and gin-configurable. `validate()` turns every configuration that
+breaks ../SPEC (or simply cannot be built) into one `ValueError` that names the
+field to fix.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Optional, Tuple
+
+import gin
+
+ATTENTION_MODES = ("full", "bswa", "fam")
+ACTIVATIONS = ("silu", "gelu_tanh", "gelu")
+LAYER_TYPES = ("global", "local")
+ROPE_SCALINGS = (None, "linear", "llama3")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class AttentionConfig:
+  """How tokens see each other (../shared/SPEC.md).
+
+  mode: "full" (causal), "bswa" (block sliding window) or "fam" (BSWA plus
+    feedback attention memory).
+  block_size: B, tokens per block (bswa, fam).
+  memory_segments: m, previous whole blocks a block token sees (bswa, fam).
+  fam_length: F, FAM rows per layer, 1 <= F <= B (fam).
+  """
+  mode: str = "full"
+  block_size: int = 512
+  memory_segments: int = 1
+  fam_length: int = 32
+
+  def validate(self) -> "AttentionConfig":
+    if self.mode not in ATTENTION_MODES:
+      raise ValueError(
+          f"AttentionConfig.mode={self.mode!r} is unknown; choose one of "
+          f"{ATTENTION_MODES}.")
+    if self.mode == "full":
+      return self
+    if not isinstance(self.block_size, int) or self.block_size <= 0:
+      raise ValueError(
+          f"AttentionConfig.block_size={self.block_size!r} must be a positive "
+          "integer.")
+    if not isinstance(self.memory_segments, int) or self.memory_segments < 0:
+      raise ValueError(
+          f"AttentionConfig.memory_segments={self.memory_segments!r} must be an "
+          "integer >= 0.")
+    if self.mode == "fam":
+      if not isinstance(self.fam_length, int) or self.fam_length < 1:
+        raise ValueError(
+            f"AttentionConfig.fam_length={self.fam_length!r} must be an "
+            "integer >= 1.")
+      if self.fam_length > self.block_size:
+        raise ValueError(
+            f"AttentionConfig.fam_length={self.fam_length} is larger than "
+            f"block_size={self.block_size}; SPEC requires 1 <= F <= B.")
+    return self
+
+  @property
+  def fam(self) -> int:
+    """FAM rows actually used (0 unless mode == 'fam')."""
+    return self.fam_length if self.mode == "fam" else 0
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """A decoder-only Transformer of the Llama or Gemma 3 family."""
+  vocab_size: int = 256
+  d_model: int = 256
+  num_layers: int = 4
+  num_heads: int = 4
+  num_kv_heads: Optional[int] = None      # None: = num_heads (MHA)
+  head_dim: Optional[int] = None          # None: d_model // num_heads
+  ffn_dim: int = 1024
+  activation: str = "silu"                # silu -> SwiGLU, gelu_tanh -> GeGLU
+  norm_eps: float = 1e-6
+  norm_scale_plus_one: bool = False       # Gemma: y = x_hat * (1 + w)
+  sandwich_norm: bool = False             # Gemma: post-attn / post-ffn norms
+  qk_norm: bool = False                   # RMSNorm over head_dim on q and k
+  qkv_bias: bool = False                  # Qwen2
+  rope_theta: float = 10000.0
+  rope_local_theta: Optional[float] = None  # Gemma 3 local layers
+  rope_scaling: Optional[str] = None      # None | "linear" | "llama3"
+  rope_scaling_factor: float = 1.0
+  rope_low_freq_factor: float = 1.0       # llama3 scaling
+  rope_high_freq_factor: float = 4.0      # llama3 scaling
+  rope_original_max_position: int = 8192  # llama3 scaling
+  tie_embeddings: bool = True
+  embed_scale: bool = False               # Gemma: x *= sqrt(d_model)
+  query_scale: Optional[float] = None     # None: head_dim ** -0.5
+  attn_logit_softcap: Optional[float] = None
+  final_logit_softcap: Optional[float] = None
+  sliding_window: Optional[int] = None    # native window of local layers
+  layer_types: Optional[Tuple[str, ...]] = None  # per layer global|local
+  dtype: str = "float32"                  # compute dtype
+  param_dtype: str = "float32"
+  remat_policy: str = "none"
+  scan_layers: bool = True
+  attention: AttentionConfig = dataclasses.field(
+      default_factory=AttentionConfig)
+
+  # ------------------------------------------------------------------ derived
+  @property
+  def n_kv(self) -> int:
+    return self.num_kv_heads if self.num_kv_heads is not None else self.num_heads
+
+  @property
+  def hd(self) -> int:
+    return self.head_dim if self.head_dim is not None else (
+        self.d_model // self.num_heads)
+
+  @property
+  def local_layers(self) -> Tuple[bool, ...]:
+    if self.layer_types is None:
+      return (False,) * self.num_layers
+    return tuple(t == "local" for t in self.layer_types)
+
+  def replace(self, **kw) -> "ModelConfig":
+    return dataclasses.replace(self, **kw)
+
+  def with_attention(self, **kw) -> "ModelConfig":
+    return dataclasses.replace(
+        self, attention=dataclasses.replace(self.attention, **kw))
+
+  # ---------------------------------------------------------------- checking
+  def validate(self) -> "ModelConfig":
+    def positive(name):
+      v = getattr(self, name)
+      if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+        raise ValueError(f"ModelConfig.{name}={v!r} must be a positive integer.")
+    for name in ("vocab_size", "d_model", "num_layers", "num_heads", "ffn_dim"):
+      positive(name)
+    if self.num_kv_heads is not None:
+      positive("num_kv_heads")
+      if self.num_heads % self.num_kv_heads:
+        raise ValueError(
+            f"ModelConfig.num_kv_heads={self.num_kv_heads} must divide "
+            f"num_heads={self.num_heads} (grouped-query attention).")
+    if self.head_dim is not None:
+      positive("head_dim")
+    elif self.d_model % self.num_heads:
+      raise ValueError(
+          f"ModelConfig.num_heads={self.num_heads} does not divide "
+          f"d_model={self.d_model}; set head_dim explicitly.")
+    if self.hd % 2:
+      raise ValueError(f"ModelConfig.head_dim={self.hd} must be even for RoPE.")
+    if self.activation not in ACTIVATIONS:
+      raise ValueError(f"ModelConfig.activation={self.activation!r} is unknown; "
+                       f"choose one of {ACTIVATIONS}.")
+    if self.rope_scaling not in ROPE_SCALINGS:
+      raise ValueError(f"ModelConfig.rope_scaling={self.rope_scaling!r} is "
+                       f"unknown; choose one of {ROPE_SCALINGS}.")
+    if self.rope_theta <= 0:
+      raise ValueError(f"ModelConfig.rope_theta={self.rope_theta} must be > 0.")
+    if self.layer_types is not None:
+      if len(self.layer_types) != self.num_layers:
+        raise ValueError(
+            f"ModelConfig.layer_types has {len(self.layer_types)} entries but "
+            f"num_layers={self.num_layers}.")
+      bad = [t for t in self.layer_types if t not in LAYER_TYPES]
+      if bad:
+        raise ValueError(f"ModelConfig.layer_types has unknown entries {bad}; "
+                         f"choose from {LAYER_TYPES}.")
+      if any(self.local_layers) and not self.sliding_window:
+        raise ValueError("ModelConfig.layer_types has 'local' layers but "
+                         "sliding_window is not set.")
+    if self.sliding_window is not None and self.sliding_window <= 0:
+      raise ValueError(
+          f"ModelConfig.sliding_window={self.sliding_window} must be > 0.")
+    for name in ("dtype", "param_dtype"):
+      if getattr(self, name) not in DTYPES:
+        raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r} is "
+                         f"unknown; choose one of {DTYPES}.")
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"ModelConfig.remat_policy={self.remat_policy!r} is "
+                       f"unknown; choose one of {REMAT_POLICIES}.")
+    if not isinstance(self.attention, AttentionConfig):
+      raise ValueError("ModelConfig.attention must be an AttentionConfig.")
+    self.attention.validate()
+    return self
+
+  # ------------------------------------------------------------ (de)serialise
+  def to_dict(self) -> dict:
+    d = dataclasses.asdict(self)
+    if d["layer_types"] is not None:
+      d["layer_types"] = list(d["layer_types"])
+    return d
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "ModelConfig":
+    d = dict(d)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+      raise ValueError(f"unknown ModelConfig fields {unknown}")
+    att = d.pop("attention", None) or {}
+    if isinstance(att, dict):
+      att = AttentionConfig(**att)
+    if d.get("layer_types") is not None:
+      d["layer_types"] = tuple(d["layer_types"])
+    return cls(attention=att, **d)
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+  @classmethod
+  def from_json(cls, s: str) -> "ModelConfig":
+    return cls.from_dict(json.loads(s))
