@@ -1,0 +1,186 @@
+"""A model directory: weights (orbax) + config (JSON and gin), written atomically.
+
+Layout of DIR:
+  config.json   ModelConfig.to_json()
+  model.gin     the same config as gin bindings (for --gin_file)
+  params/       orbax StandardCheckpointer of the parameter dict
+                (`nnx.State.to_pure_dict()` of the model's `nnx.Param`s)
+  extra/        optional files (tokenizer, fam_prompt beside exports, ...)
+
+`save_model_dir` writes into DIR.tmp-XXXX and renames it to DIR at the end,
+so a failure leaves no half-written DIR. Converted checkpoints, exports and
+the trainer's `LOAD_PARAMS_FROM` all use this one format.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from famjax.config import AttentionConfig, ModelConfig
+
+
+def config_to_gin(cfg: ModelConfig) -> str:
+  lines = ["# famjax model config (generated)."]
+  for f in dataclasses.fields(cfg):
+    if f.name == "attention":
+      continue
+    lines.append(f"ModelConfig.{f.name} = {_gin_value(getattr(cfg, f.name))}")
+  lines.append("ModelConfig.attention = @AttentionConfig()")
+  for f in dataclasses.fields(cfg.attention):
+    lines.append(f"AttentionConfig.{f.name} = "
+                 f"{_gin_value(getattr(cfg.attention, f.name))}")
+  return "\n".join(lines) + "\n"
+
+
+def _gin_value(v):
+  if isinstance(v, str):
+    return repr(v)
+  if isinstance(v, tuple):
+    return "(" + ", ".join(_gin_value(x) for x in v) + ("," if len(v) == 1 else "") + ")"
+  return repr(v)
+
+
+def params_dict(model) -> dict:
+  """Nested dict of numpy-compatible arrays of a model's nnx.Params."""
+  return nnx.state(model, nnx.Param).to_pure_dict()
+
+
+def _check_target(path: str, overwrite: bool):
+  if os.path.exists(path):
+    if os.path.isdir(path) and not os.listdir(path):
+      os.rmdir(path)
+    elif overwrite:
+      shutil.rmtree(path)
+    else:
+      raise FileExistsError(
+          f"output directory {path!r} exists and is not empty; choose a new "
+          "path or remove it (nothing was written).")
+
+
+def save_model_dir(path: str, cfg: ModelConfig, params: dict, *,
+                   extra_files: Optional[dict] = None,
+                   overwrite: bool = False) -> str:
+  """Write a model directory atomically; returns its absolute path."""
+  import orbax.checkpoint as ocp
+  path = os.path.abspath(path)
+  _check_target(path, overwrite)
+  parent = os.path.dirname(path)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=os.path.basename(path) + ".tmp-", dir=parent)
+  try:
+    with open(os.path.join(tmp, "config.json"), "w") as fh:
+      fh.write(cfg.to_json())
+    with open(os.path.join(tmp, "model.gin"), "w") as fh:
+      fh.write(config_to_gin(cfg))
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(os.path.join(tmp, "params"),
+               jax.tree.map(np.asarray, params))
+    ckptr.wait_until_finished()
+    if extra_files:
+      os.makedirs(os.path.join(tmp, "extra"), exist_ok=True)
+      for name, src in extra_files.items():
+        dst = os.path.join(tmp, "extra", name)
+        if isinstance(src, (bytes, bytearray)):
+          with open(dst, "wb") as fh:
+            fh.write(src)
+        elif os.path.isdir(src):
+          shutil.copytree(src, dst)
+        else:
+          shutil.copyfile(src, dst)
+    os.rename(tmp, path)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return path
+
+
+def load_config(path: str) -> ModelConfig:
+  cfg_path = os.path.join(path, "config.json")
+  if not os.path.isfile(cfg_path):
+    raise FileNotFoundError(
+        f"{path!r} is not a famjax model directory: {cfg_path} is missing "
+        "(convert a checkpoint with `famjax convert` first).")
+  try:
+    with open(cfg_path) as fh:
+      return ModelConfig.from_json(fh.read())
+  except (ValueError, TypeError) as e:
+    raise ValueError(f"{cfg_path} is not a valid famjax config: {e}") from e
+
+
+def load_params(path: str) -> dict:
+  import orbax.checkpoint as ocp
+  ppath = os.path.join(os.path.abspath(path), "params")
+  if not os.path.isdir(ppath):
+    raise FileNotFoundError(f"{ppath} is missing: not a famjax model directory.")
+  try:
+    return ocp.StandardCheckpointer().restore(ppath)
+  except Exception as e:  # orbax raises many types for damaged files
+    raise ValueError(f"the weights in {ppath} cannot be read ({type(e).__name__}: "
+                     f"{e}); the checkpoint is corrupt or incomplete.") from e
+
+
+def load_model_dir(path: str, *, attention: Optional[AttentionConfig] = None,
+                   seed: int = 0, **overrides):
+  """(config, model) from a model directory.
+
+  attention: run the weights with another attention config; switching to
+  `fam` adds a freshly initialised `fam_prompt` (the only new weight).
+  overrides: other ModelConfig fields (dtype, remat_policy, ...).
+  """
+  cfg = load_config(path)
+  if attention is not None:
+    overrides["attention"] = attention
+  cfg = dataclasses.replace(cfg, **overrides).validate()
+  params = load_params(path)
+  model = _build(cfg, seed)
+  assign_params(model, params, path)
+  return cfg, model
+
+
+def _build(cfg, seed):
+  from famjax.model import Transformer
+  return Transformer(cfg, rngs=nnx.Rngs(seed))
+
+
+def assign_params(model, params: dict, source: str = "checkpoint"):
+  """Copy a nested param dict into a model, checking names and shapes.
+
+  Names the model has but `params` lacks keep their initial values only if
+  they are `fam_prompt` (new when switching to FAM) or LoRA weights.
+  """
+  state = nnx.state(model, nnx.Param)
+  flat_model = dict(state.flat_state())
+  flat_src = dict(_flatten(params))
+  extra = sorted(".".join(map(str, k)) for k in flat_src
+                 if k not in flat_model and k[0] != "fam_prompt")
+  if extra:
+    raise ValueError(f"{source}: weights {extra[:5]} do not exist in the model "
+                     "(wrong architecture or config?).")
+  for key, var in flat_model.items():
+    name = ".".join(map(str, key))
+    if key not in flat_src:
+      if key[0] == "fam_prompt" or "lora" in name:
+        continue
+      raise ValueError(f"{source}: weight {name} is missing.")
+    value = flat_src[key]
+    if tuple(value.shape) != tuple(var.shape):
+      raise ValueError(f"{source}: weight {name} has shape {tuple(value.shape)}, "
+                       f"the model expects {tuple(var.shape)}.")
+    var[...] = jnp.asarray(value, var.dtype)
+
+
+def _flatten(tree, prefix=()):
+  if isinstance(tree, dict):
+    for k, v in tree.items():
+      yield from _flatten(v, prefix + (k,))
+  else:
+    yield prefix, tree
