@@ -51,7 +51,7 @@ def _gin_value(v):
 
 def params_dict(model) -> dict:
   """Nested dict of numpy-compatible arrays of a model's nnx.Params."""
-  return nnx.state(model, nnx.Param).to_pure_dict()
+  return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
 
 def _check_target(path: str, overwrite: bool):
@@ -158,7 +158,7 @@ def assign_params(model, params: dict, source: str = "checkpoint"):
   they are `fam_prompt` (new when switching to FAM) or LoRA weights.
   """
   state = nnx.state(model, nnx.Param)
-  flat_model = dict(state.flat_state())
+  flat_model = dict(nnx.to_flat_state(state))
   flat_src = dict(_flatten(params))
   extra = sorted(".".join(map(str, k)) for k in flat_src
                  if k not in flat_model and k[0] != "fam_prompt")
