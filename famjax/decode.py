@@ -40,6 +40,14 @@ def _compiled(gdef):
   return jax.jit(stream)
 
 
+@functools.lru_cache(maxsize=16)
+def _compiled_init(gdef, batch, max_len):
+  def init(params, fam_state):
+    return nnx.merge(gdef, params).init_stream(batch, max_len=max_len,
+                                               fam_state=fam_state)
+  return jax.jit(init)
+
+
 class Streamer:
   """Holds a model's split state and a jitted `stream` for repeated calls."""
 
@@ -49,8 +57,9 @@ class Streamer:
     self._stream = _compiled(self.gdef)
 
   def init(self, batch: int, max_len: Optional[int] = None, fam_state=None):
-    model = nnx.merge(self.gdef, self.params)
-    return model.init_stream(batch, max_len=max_len, fam_state=fam_state)
+    if self.cfg.attention.mode != "full":
+      max_len = None          # the state of bswa / fam does not depend on it
+    return _compiled_init(self.gdef, batch, max_len)(self.params, fam_state)
 
   def step(self, state, tokens):
     return self._stream(self.params, state, tokens)
