@@ -20,28 +20,21 @@ CASES = [
     pytest.param(llama_cfg("fam", 4, 2, 1), 1, 12, id="fam-exact-m2-F1"),
     pytest.param(llama_cfg("fam", 8, 1, 3), 2, 5, id="fam-T<B"),
     pytest.param(llama_cfg("fam", 4, 0, 4), 1, 10, id="fam-m0-F=B"),
-    pytest.param(llama_cfg("fam", 4, 5, 2, num_kv_heads=1), 2, 9,
-                 id="fam-m>=n-mqa"),
-    pytest.param(llama_cfg("fam", 4, 1, 2, num_heads=2, num_kv_heads=2,
-                           head_dim=8, scan_layers=False, remat_policy="full"),
-                 2, 10, id="fam-noscan-remat-mha"),
+    pytest.param(llama_cfg("fam", 4, 5, 2, num_kv_heads=1, scan_layers=False,
+                           remat_policy="full"), 2, 9,
+                 id="fam-m>=n-mqa-noscan-remat"),
     pytest.param(gemma_cfg("fam", 4, 2, 2), 2, 13, id="fam-gemma"),
     pytest.param(qwen_cfg("fam", 5, 1, 3), 2, 14, id="fam-qwen"),
     # mode bswa
     pytest.param(llama_cfg("bswa", 4, 1), 2, 11, id="bswa-partial-b2"),
     pytest.param(llama_cfg("bswa", 4, 0), 1, 10, id="bswa-m0"),
-    pytest.param(llama_cfg("bswa", 4, 2, scan_layers=False,
-                           remat_policy="full"), 1, 12, id="bswa-m2-noscan"),
-    pytest.param(llama_cfg("bswa", 8, 1), 2, 5, id="bswa-T<B"),
-    pytest.param(llama_cfg("bswa", 4, 5, num_kv_heads=1), 2, 9,
-                 id="bswa-m>=n-mqa"),
+    pytest.param(llama_cfg("bswa", 4, 5), 2, 11, id="bswa-m>=n"),
     pytest.param(gemma_cfg("bswa", 4, 2), 2, 13, id="bswa-gemma"),
-    pytest.param(qwen_cfg("bswa", 5, 1), 2, 14, id="bswa-qwen"),
+    pytest.param(qwen_cfg("bswa", 5, 2, scan_layers=False), 2, 14,
+                 id="bswa-qwen-m2-noscan"),
     # mode full
     pytest.param(llama_cfg("full"), 2, 11, id="full"),
-    pytest.param(llama_cfg("full", num_kv_heads=1), 2, 9, id="full-mqa"),
     pytest.param(gemma_cfg("full"), 2, 13, id="full-gemma"),
-    pytest.param(qwen_cfg("full"), 2, 14, id="full-qwen"),
 ]
 
 
@@ -72,17 +65,16 @@ def test_modes_differ():
   assert max_abs(outs["full"][:, :4], outs["bswa"][:, :4]) <= TOL
 
 
-@pytest.mark.parametrize("make,batch,length,kw", [
-    (llama_cfg, 2, 9, {"num_kv_heads": 1}), (gemma_cfg, 2, 13, {})],
-                         ids=["llama", "gemma"])
-def test_bswa_with_m_ge_n_equals_full(make, batch, length, kw):
+@pytest.mark.parametrize("make,batch,length", [
+    (llama_cfg, 2, 11), (gemma_cfg, 2, 13)], ids=["llama", "gemma"])
+def test_bswa_with_m_ge_n_equals_full(make, batch, length):
   """SPEC: bswa with m >= n equals full (families without local layers).
   With Gemma 3 local layers the block rule hides nothing either when m >= n,
   and both modes apply the same native window, so they agree too."""
   tok = tokens(batch, length)
   assert 5 >= -(-length // 4)                         # m >= n
-  bswa = fast_for(make("bswa", 4, 5, **kw))
-  full = fast_for(make("full", **kw))
+  bswa = fast_for(make("bswa", 4, 5))
+  full = fast_for(make("full"))
   assert bswa.params.keys() == full.params.keys()
   out_b, out_f = bswa(tok), full(tok)
   assert max_abs(out_b, out_f) <= TOL
@@ -101,8 +93,6 @@ def _random_fam_state(cfg, batch, seed=3):
                  id="llama-state-offset"),
     pytest.param(gemma_cfg("fam", 4, 2, 2), 2, 13, False,
                  2 * np.pi * 10000 * 0.61, id="gemma-offset"),
-    pytest.param(gemma_cfg("fam", 4, 2, 2), 2, 13, True, None,
-                 id="gemma-state"),
 ])
 def test_fam_state_and_position_offset(cfg, batch, length, with_state, offset):
   fast = fast_for(cfg)
@@ -125,39 +115,57 @@ def test_fam_state_and_position_offset(cfg, batch, length, with_state, offset):
 
 def test_gradients_match_reference():
   """Gradients of a scalar loss with respect to every parameter flow through
-  the whole FAM chain (no stop-gradient at block boundaries) exactly as
-  through the block-outer reference (jax.grad of it, float32).
+  the whole FAM chain (no stop-gradient at block boundaries) as through the
+  block-outer reference.
 
-  One config carries every parameter kind (Gemma norms, qk norm, sandwich
-  norms, qkv bias, untied head, FAM prompt), remat 'full' and a partial last
-  block; m = 1 so that blocks 0 and 2 talk only through the FAM chain.
+  The reference side is float64 central differences of the numpy reference
+  along random directions, one set per parameter tensor (a jitted jax.grad
+  of the unrolled reference costs ~30 s of XLA compile on a small CPU; the
+  directional derivatives cost ~1 s and do not share autodiff with the
+  fast path). Each tensor is probed along its own gradient and along
+  random directions. m = 0, so blocks talk only through the FAM chain;
+  qkv bias and an untied head give every parameter kind of the Llama family.
   """
-  cfg = gemma_cfg("fam", 4, 1, 2, qkv_bias=True, tie_embeddings=False,
-                  remat_policy="full")
-  batch, length = 1, 10
+  cfg = llama_cfg("fam", 4, 0, 2, qkv_bias=True)
+  batch, length = 2, 10
   fast = fast_for(cfg)
   tok = tokens(batch, length)
-  w = jnp.asarray(np.random.default_rng(7).standard_normal(
-      (batch, length, VOCAB)), jnp.float32)
+  w = np.random.default_rng(7).standard_normal((batch, length, VOCAB))
 
-  def loss(logits):
-    return jnp.mean(logits * w)
+  logits, g_fast = fast.value_and_grad(
+      lambda lg: jnp.mean(lg * jnp.asarray(w, jnp.float32)), tok)
+  ref_logits, _ = R.forward(cfg, fast.params, tok)
+  assert max_abs(logits, ref_logits) <= TOL
 
-  logits, g_fast = fast.value_and_grad(loss, tok)
-  ref_np, _ = R.forward(cfg, fast.params, tok)
-  assert max_abs(logits, ref_np) <= TOL
-  g_ref = jax.jit(jax.grad(
-      lambda p: loss(R.forward(cfg, p, tok, xp=jnp)[0])))(
-          jax.tree.map(jnp.asarray, fast.params))
-  flat_f = dict(jax.tree_util.tree_flatten_with_path(g_fast)[0])
-  flat_r = dict(jax.tree_util.tree_flatten_with_path(g_ref)[0])
-  assert flat_f.keys() == flat_r.keys()
-  gmax = max(float(jnp.max(jnp.abs(g))) for g in flat_r.values())
-  for key, gr in flat_r.items():
-    gf = flat_f[key]
-    assert gf.shape == gr.shape, key
-    scale = max(float(jnp.max(jnp.abs(gr))), 1e-2 * gmax)
-    err = max_abs(gf, gr)
-    assert err <= 1e-4 * scale, (jax.tree_util.keystr(key), err, scale)
-  # the FAM prompt is reached through the chain (not a zero gradient)
-  assert float(jnp.max(jnp.abs(g_ref["fam_prompt"]))) > 1e-3 * gmax
+  p64 = jax.tree.map(lambda a: np.asarray(a, np.float64), fast.params)
+  flat_p, treedef = jax.tree_util.tree_flatten_with_path(p64)
+  flat_g = dict(jax.tree_util.tree_flatten_with_path(g_fast)[0])
+  assert set(flat_g) == {k for k, _ in flat_p}
+
+  def loss(leaves):
+    params = jax.tree_util.tree_unflatten(treedef, leaves)
+    return float(np.mean(R.forward(cfg, params, tok)[0] * w))
+
+  base = [v for _, v in flat_p]
+  gnorm_all = np.sqrt(sum(float(np.sum(np.square(g))) for g in flat_g.values()))
+  rng = np.random.default_rng(11)
+  for i, (key, value) in enumerate(flat_p):
+    g = np.asarray(flat_g[key], np.float64)
+    assert g.shape == value.shape, key
+    gnorm = float(np.linalg.norm(g))
+    if "fam_prompt" in jax.tree_util.keystr(key):
+      # the prompt reaches the loss only through the FAM chain
+      assert gnorm > 1e-3 * gnorm_all, gnorm
+    dirs = [g / gnorm] if gnorm > 0 else []
+    dirs += [rng.standard_normal(g.shape) for _ in range(2)]
+    for u in dirs:
+      u = u / np.linalg.norm(u)
+      eps = 1e-4 * max(1.0, float(np.max(np.abs(value))))
+      plus = list(base)
+      minus = list(base)
+      plus[i] = value + eps * u
+      minus[i] = value - eps * u
+      fd = (loss(plus) - loss(minus)) / (2 * eps)
+      got = float(np.sum(g * u))
+      tol = 1e-4 * max(gnorm, 1e-2 * gnorm_all)
+      assert abs(got - fd) <= tol, (jax.tree_util.keystr(key), got, fd, tol)
