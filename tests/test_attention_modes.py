@@ -82,35 +82,30 @@ def test_bswa_with_m_ge_n_equals_full(make, batch, length):
   assert max_abs(out_b, ref_f) <= TOL
 
 
-def _random_fam_state(cfg, batch, seed=3):
-  return jnp.asarray(np.random.default_rng(seed).standard_normal(
-      (cfg.num_layers, batch, cfg.attention.fam_length, cfg.d_model)),
-                     jnp.float32)
-
-
-@pytest.mark.parametrize("cfg,batch,length,with_state,offset", [
-    pytest.param(llama_cfg("fam", 4, 1, 2), 2, 11, True, 23456.7,
-                 id="llama-state-offset"),
-    pytest.param(gemma_cfg("fam", 4, 2, 2), 2, 13, False,
-                 2 * np.pi * 10000 * 0.61, id="gemma-offset"),
-])
-def test_fam_state_and_position_offset(cfg, batch, length, with_state, offset):
+def test_fam_state_and_position_offset():
+  """Start from given FAM states (per batch element) with a large Random
+  Position Offset, on local/global layers with two RoPE thetas."""
+  cfg = gemma_cfg("fam", 4, 2, 2)
+  batch, length = 2, 13
   fast = fast_for(cfg)
   tok = tokens(batch, length)
-  phi = _random_fam_state(cfg, batch) if with_state else None
-  out, state = fast(tok, fam_state=phi, position_offset=None if offset is None
-                    else jnp.float32(offset), return_state=True)
+  phi = jnp.asarray(np.random.default_rng(3).standard_normal(
+      (cfg.num_layers, batch, cfg.attention.fam_length, cfg.d_model)),
+                    jnp.float32)
+  offset = 2 * np.pi * 10000 * 0.61
+  out, state = fast(tok, fam_state=phi, position_offset=jnp.float32(offset),
+                    return_state=True)
   ref, ref_state = R.forward(cfg, fast.params, tok, fam_state=phi,
                              position_offset=offset)
   assert max_abs(out, ref) <= TOL
   assert max_abs(state["fam_state"], ref_state) <= TOL
-  plain, plain_state = fast(tok, return_state=True)
-  if with_state:
-    # the given state must matter (non-vacuity)
-    assert max_abs(plain, out) > 1e-3
-  else:
-    # RoPE sees position differences only: an offset changes nothing
-    assert max_abs(plain, out) <= TOL
+  # the given state matters (non-vacuity) ...
+  plain = fast(tok)
+  assert max_abs(plain, out) > 1e-3
+  # ... and RoPE sees position differences only: the offset changes nothing
+  ref0, ref0_state = R.forward(cfg, fast.params, tok, fam_state=phi)
+  assert max_abs(ref0, out) <= TOL
+  assert max_abs(ref0_state, state["fam_state"]) <= TOL
 
 
 def test_gradients_match_reference():
