@@ -19,7 +19,7 @@ CASES = [
     pytest.param(llama_cfg("fam", 4, 1, 2), 2, 11, id="fam-partial-gqa-b2"),
     pytest.param(llama_cfg("fam", 4, 2, 1), 1, 12, id="fam-exact-m2-F1"),
     pytest.param(llama_cfg("fam", 8, 1, 3), 2, 5, id="fam-T<B"),
-    pytest.param(llama_cfg("fam", 4, 0, 4), 1, 10, id="fam-m0-F=B"),
+    pytest.param(gemma_cfg("fam", 4, 0, 4), 1, 10, id="fam-gemma-m0-F=B"),
     pytest.param(llama_cfg("fam", 4, 5, 2, num_kv_heads=1, scan_layers=False,
                            remat_policy="full"), 2, 9,
                  id="fam-m>=n-mqa-noscan-remat"),

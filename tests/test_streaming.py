@@ -65,9 +65,9 @@ MIXED = [[3, 1], [1, 1, 1, 1], [1, 3]]           # chunk sizes 3 and 1 only
 STREAMS = [
     pytest.param(llama_cfg("fam", 4, 2, 1), 1, 12, block_patterns(4),
                  id="fam-llama-m2-F1"),
-    pytest.param(gemma_cfg("fam", 4, 2, 2), 2, 13, MIXED, id="fam-gemma-m2"),
-    pytest.param(llama_cfg("fam", 4, 0, 4), 1, 10, [[4]], id="fam-m0-F=B"),
-    pytest.param(llama_cfg("bswa", 4, 1), 2, 11, MIXED, id="bswa-llama-m1"),
+    pytest.param(gemma_cfg("fam", 4, 0, 4), 1, 10, MIXED,
+                 id="fam-gemma-m0-F=B"),
+    pytest.param(gemma_cfg("bswa", 4, 2), 2, 13, MIXED, id="bswa-gemma-m2"),
     pytest.param(gemma_cfg("full"), 2, 13, MIXED, id="full-gemma"),
 ]
 
