@@ -17,6 +17,8 @@ in the file is rebuilt as a Hugging Face fast tokenizer (through
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import shutil
 import tempfile
@@ -32,6 +34,7 @@ from famjax.convert.errors import ConvertError
 ARCHITECTURES = ("llama", "qwen2", "gemma3")
 
 
+@functools.lru_cache(maxsize=None)
 def _reader_class():
   import gguf
 
@@ -49,6 +52,19 @@ def _reader_class():
                      else value)
 
   return Reader
+
+
+@contextlib.contextmanager
+def fast_gguf_reader():
+  """Within the block, `gguf.GGUFReader` is the faster Reader above (for
+  code that opens GGUFs itself, e.g. transformers' tokenizer rebuild)."""
+  import gguf
+  saved = gguf.GGUFReader
+  gguf.GGUFReader = _reader_class()
+  try:
+    yield
+  finally:
+    gguf.GGUFReader = saved
 
 
 def open_gguf(path: str):
@@ -262,8 +278,10 @@ def gguf_tokenizer(path: str, out: Optional[str] = None) -> str:
                        "--no_tokenizer.") from None
   out = out or tempfile.mkdtemp(prefix="famjax-gguf-tokenizer-")
   try:
-    tok = AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(path)),
-                                        gguf_file=os.path.basename(path))
+    with fast_gguf_reader():
+      tok = AutoTokenizer.from_pretrained(
+          os.path.dirname(os.path.abspath(path)),
+          gguf_file=os.path.basename(path))
     tok.save_pretrained(out)
   except Exception as e:
     raise ConvertError(f"{path}: its tokenizer cannot be rebuilt "

@@ -72,6 +72,10 @@ def _text_config(hf: dict) -> dict:
     if text["model_type"] != "gemma3_text":
       raise ConvertError(f"gemma3 text_config has model_type "
                          f"{text['model_type']!r}, expected 'gemma3_text'.")
+    # transformers' Gemma3ForConditionalGeneration computes plain lm_head
+    # logits: it never applies final_logit_softcapping (null in every
+    # released Gemma 3 anyway). Match it.
+    text["final_logit_softcapping"] = None
     return text
   return dict(hf)
 
@@ -182,7 +186,9 @@ def config_from_hf(hf: dict) -> ModelConfig:
       rope_local_theta=loc["rope_theta"], norm_scale_plus_one=True,
       sandwich_norm=True, qk_norm=True, embed_scale=True,
       query_scale=float(d["query_pre_attn_scalar"]) ** -0.5,
-      attn_logit_softcap=_opt_float(d.get("attn_logit_softcapping")),
+      # transformers' Gemma 3 keeps attn_logit_softcapping in its config but
+      # never applies it (Gemma 3 replaced it by qk-norm); so neither do we.
+      attn_logit_softcap=None,
       final_logit_softcap=_opt_float(d.get("final_logit_softcapping")),
       layer_types=types,
       sliding_window=int(d["sliding_window"]) if "local" in types else None)
@@ -218,6 +224,10 @@ def family_of(cfg: ModelConfig, hint: Optional[str] = None) -> str:
     fam = "mistral" if all(cfg.local_layers) else "qwen2"
   else:
     fam = hint if hint in ("llama", "mistral", "qwen2") else "llama"
+  if fam == "gemma3_text" and cfg.attn_logit_softcap:
+    raise ConvertError("cannot export: transformers' Gemma3ForCausalLM does "
+                       "not apply attention logit soft-capping "
+                       f"(attn_logit_softcap={cfg.attn_logit_softcap}).")
   if fam != "gemma3_text":
     problems = [n for n, bad in (
         ("activation", cfg.activation != "silu"),
@@ -280,7 +290,7 @@ def config_to_hf(cfg: ModelConfig, base: Optional[dict] = None) -> dict:
         sliding_window=cfg.sliding_window or 4096, layer_types=types,
         rope_parameters={"full_attention": _rope_to_hf(cfg),
                          "sliding_attention": local},
-        attn_logit_softcapping=cfg.attn_logit_softcap,
+        attn_logit_softcapping=None,
         final_logit_softcapping=cfg.final_logit_softcap,
         attention_bias=False, use_bidirectional_attention=False)
     return out
