@@ -62,6 +62,8 @@ def test_round_trip_hf_famjax_hf(src, tmp_path, capsys):
 
   rc, out, err = run(["--to", "hf", d1, "--out", d2], capsys)
   assert rc == 0, err
+  os.mkdir(tmp_path / "plain")              # ordinary permissions, not 0700
+  assert os.stat(d2).st_mode == os.stat(tmp_path / "plain").st_mode
   back = U.load_hf_model(d2)
   np.testing.assert_array_equal(U.hf_logits(back, ids), U.hf_logits(ref, ids))
   np.testing.assert_array_equal(np.load(os.path.join(d2, "fam_prompt.npy")),

@@ -77,6 +77,7 @@ def export_params(cfg: ModelConfig, params: dict, out: str, *,
         s = os.path.join(tokenizer_dir, f)
         if os.path.isfile(s):
           shutil.copyfile(s, os.path.join(tmp, f))
+    _publish_permissions(tmp)      # mkdtemp makes 0700 dirs / 0600 files
     if os.path.exists(out):        # empty (checked) or overwrite
       shutil.rmtree(out)
     os.rename(tmp, out)
@@ -84,6 +85,14 @@ def export_params(cfg: ModelConfig, params: dict, out: str, *,
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return out
+
+
+def _publish_permissions(path):
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(path, 0o777 & ~umask)
+  for f in os.listdir(path):
+    os.chmod(os.path.join(path, f), 0o666 & ~umask)
 
 
 def export_hf(src: str, out: str, *, overwrite: bool = False) -> str:
