@@ -59,7 +59,7 @@ def main(argv=None):
   from famjax.convert.hf import build_model
 
   path = smollm2_gguf()
-  cfg, params, _ = load_gguf(path)
+  cfg, params = load_gguf(path)
   model = build_model(cfg, params, path)
   del params
   gdef, state = nnx.split(model)

@@ -15,7 +15,7 @@ from tests import convert_util as U
 
 from famjax.config import AttentionConfig
 from famjax.convert import export, hf as hf_conv
-from famjax.convert.hf import from_pretrained, load_hf
+from famjax.convert.hf import from_pretrained, load_hf, read_hf
 
 T = 16
 
@@ -61,7 +61,7 @@ def test_bswa_logits_match_transformers_with_block_mask(models, family, block,
 
 def test_fam_adds_only_a_prompt(models):
   path, _ = models["llama"]
-  cfg, params, _ = load_hf(path)
+  cfg, params = load_hf(path)
   att = AttentionConfig(mode="fam", block_size=8, memory_segments=1,
                         fam_length=8)
   model = from_pretrained(path, attention=att, seed=3)
@@ -83,7 +83,7 @@ def test_fam_adds_only_a_prompt(models):
 @pytest.mark.parametrize("family", U.FAMILIES)
 def test_export_loads_in_transformers_unchanged(models, family, tmp_path):
   path, ref = models[family]
-  cfg, params, info = load_hf(path)
+  cfg, params, info = read_hf(path)
   out = export.export_params(cfg, params, str(tmp_path / "hf"),
                              hf_base=info["hf_config"])
   back = U.load_hf_model(out)
@@ -100,7 +100,7 @@ def test_export_loads_in_transformers_unchanged(models, family, tmp_path):
 def test_export_config_round_trips(models):
   for family in U.FAMILIES:
     path, _ = models[family]
-    cfg, _, info = load_hf(path)
+    cfg, _, info = read_hf(path)
     again = hf_conv.config_from_hf(hf_conv.config_to_hf(cfg, info["hf_config"]))
     assert again == cfg, family
 
@@ -159,3 +159,30 @@ def test_tiny_gguf_matches_transformers(tmp_path):
   ids = U.tokens(2, T, seed=8)
   got = U.famjax_logits(from_pretrained(gguf_path), ids)
   assert np.abs(got - U.hf_logits(ref, ids)).max() <= 1e-4
+
+
+@pytest.mark.parametrize("legacy", [
+    dict(model_type="llama", rope_theta=500000.0, rope_scaling={
+        "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192, "rope_type": "llama3"}),
+    dict(model_type="llama", rope_theta=10000.0,
+         rope_scaling={"type": "linear", "factor": 2.0}),
+    dict(model_type="gemma3_text", rope_theta=1000000.0,
+         rope_local_base_freq=10000.0, sliding_window_pattern=6,
+         sliding_window=512, num_hidden_layers=8, query_pre_attn_scalar=256,
+         rope_scaling={"factor": 8.0, "rope_type": "linear"}),
+    dict(model_type="qwen2", use_sliding_window=True, sliding_window=64,
+         max_window_layers=2, num_hidden_layers=3),
+])
+def test_older_config_fields_read_as_transformers_reads_them(legacy):
+  """config.json files on the Hub predate rope_parameters / layer_types:
+  famjax must read them as transformers does (its class normalises them)."""
+  from transformers import AutoConfig
+  raw = dict(U.TINY, **legacy)
+  ours = hf_conv.config_from_hf(raw)
+  normalised = AutoConfig.for_model(**raw).to_dict()
+  assert "rope_parameters" in normalised
+  assert ours == hf_conv.config_from_hf(normalised)
+  if "rope_scaling" in legacy:
+    assert ours.rope_scaling == legacy["rope_scaling"].get(
+        "rope_type", legacy["rope_scaling"].get("type"))

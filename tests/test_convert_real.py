@@ -15,7 +15,7 @@ import pytest
 
 from tests import convert_util as U
 
-from famjax.convert.gguf import fast_gguf_reader, load_gguf
+from famjax.convert.gguf import fast_gguf_reader, read_gguf
 from famjax.convert.hf import build_model
 from famjax.convert.vocab import HFVocabulary
 
@@ -44,7 +44,7 @@ def real(request, tmp_path_factory):
   from transformers import AutoModelForCausalLM
   path = {"smollm2": smollm2_path, "gemma3": gemma3_path}[request.param]()
   tok_dir = str(tmp_path_factory.mktemp("tok") / "tokenizer")
-  cfg, params, info = load_gguf(path, tokenizer=True, tokenizer_out=tok_dir)
+  cfg, params, info = read_gguf(path, tokenizer=True, tokenizer_out=tok_dir)
   model = build_model(cfg, params, path)
   del params
   # transformers' own GGUF loader, only with the faster file-reader view

@@ -240,9 +240,15 @@ def _truncation_check(reader, path):
                          f"{t.data_offset + t.n_bytes}, the file has {size}.")
 
 
-def load_gguf(path: str, *, dtype: str = "float32", tokenizer: bool = False,
+def load_gguf(path: str, *, dtype: str = "float32"):
+  """(ModelConfig, params dict) of a GGUF file (mode full)."""
+  cfg, params, _ = read_gguf(path, dtype=dtype)
+  return cfg, params
+
+
+def read_gguf(path: str, *, dtype: str = "float32", tokenizer: bool = False,
               tokenizer_out: Optional[str] = None):
-  """(ModelConfig, params dict, info) of a GGUF file.
+  """load_gguf plus info (see famjax.convert.hf.read_hf).
 
   tokenizer: also rebuild the GGUF's tokenizer as HF tokenizer files in
   `tokenizer_out` (a new directory; info["tokenizer_dir"]).
@@ -300,7 +306,7 @@ def convert_gguf(src: str, out: str, *,
   tmp = tempfile.mkdtemp(prefix="famjax-gguf-")
   try:
     tok_dir = os.path.join(tmp, "tokenizer") if tokenizer else None
-    cfg, params, info = load_gguf(src, dtype=dtype, tokenizer=tokenizer,
+    cfg, params, info = read_gguf(src, dtype=dtype, tokenizer=tokenizer,
                                   tokenizer_out=tok_dir)
     cfg, params = hf_mod.with_attention(cfg, params, info, attention, seed)
     return hf_mod.write_model_dir(out, cfg, params, info,

@@ -393,11 +393,15 @@ def _model_prefix(names) -> str:
 
 
 def load_hf(path: str, *, dtype: str = "float32"):
-  """(ModelConfig, params dict, info) of an HF checkpoint directory.
+  """(ModelConfig, params dict) of an HF checkpoint directory (mode full)."""
+  cfg, params, _ = read_hf(path, dtype=dtype)
+  return cfg, params
 
-  info: {"hf_config": the config.json dict, "tokenizer_files": [paths],
-  "fam_prompt": array or None, "fam_config": dict or None}.
-  """
+
+def read_hf(path: str, *, dtype: str = "float32"):
+  """load_hf plus info: {"hf_config": the config.json dict,
+  "tokenizer_files": [paths], "fam_prompt": array or None (an exported
+  famjax model's), "fam_config": dict or None, "source", "format"}."""
   if not os.path.isdir(path):
     raise ConvertError(f"{path} is not a directory (expected a Hugging Face "
                        "checkpoint with config.json and *.safetensors).")
@@ -515,10 +519,10 @@ def from_pretrained(src: str, *, attention: Optional[AttentionConfig] = None,
   only `fam_prompt` (normal, std 0.02, from `seed`).
   """
   if os.path.isfile(src) and src.endswith(".gguf"):
-    from famjax.convert.gguf import load_gguf
-    cfg, params, info = load_gguf(src, dtype=dtype, tokenizer=False)
+    from famjax.convert.gguf import read_gguf
+    cfg, params, info = read_gguf(src, dtype=dtype, tokenizer=False)
   else:
-    cfg, params, info = load_hf(src, dtype=dtype)
+    cfg, params, info = read_hf(src, dtype=dtype)
   cfg, params = with_attention(cfg, params, info, attention, seed)
   return build_model(cfg, params, src)
 
@@ -571,6 +575,6 @@ def convert_hf(src: str, out: str, *,
                overwrite: bool = False) -> str:
   """HF directory -> famjax model directory (atomic)."""
   _check_out(out, overwrite)
-  cfg, params, info = load_hf(src, dtype=dtype)
+  cfg, params, info = read_hf(src, dtype=dtype)
   cfg, params = with_attention(cfg, params, info, attention, seed)
   return write_model_dir(out, cfg, params, info, overwrite=overwrite)
