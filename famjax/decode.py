@@ -186,8 +186,8 @@ def _vocabulary(model_dir):
   import os
   tok = os.path.join(model_dir, "extra", "tokenizer.json")
   if os.path.exists(tok):
-    from famjax.convert.vocab import HFTokenizerVocabulary
-    return HFTokenizerVocabulary(tok)
+    from famjax.convert.vocab import HFVocabulary
+    return HFVocabulary(tok)
   import seqio
   return seqio.ByteVocabulary()
 

@@ -477,38 +477,12 @@ def with_attention(cfg: ModelConfig, params: dict, info: dict,
 
 
 def build_model(cfg: ModelConfig, params: dict, source: str = "checkpoint"):
-  """A Transformer holding `params`, built without random-initialising the
-  big weights (the module is traced abstractly, then filled)."""
-  import jax.numpy as jnp
-  from flax import nnx
-
-  from famjax.model import Transformer
-  model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
-  flat = {".".join(map(str, k)): v for k, v in
-          nnx.state(model, nnx.Param).flat_state()}
-  src = {".".join(map(str, k)): v for k, v in _flatten(params)}
-  extra = sorted(set(src) - set(flat))
-  if extra:
-    raise ConvertError(f"{source}: weights {extra[:5]} do not exist in the "
-                       "model (wrong architecture or config?).")
-  for name, var in flat.items():
-    if name not in src:
-      raise ConvertError(f"{source}: weight {name} is missing.")
-    value = src[name]
-    if tuple(value.shape) != tuple(var.shape):
-      raise ConvertError(f"{source}: weight {name} has shape "
-                         f"{tuple(value.shape)}, the model expects "
-                         f"{tuple(var.shape)}.")
-    var.set_value(jnp.asarray(value, var.dtype))
-  return model
-
-
-def _flatten(tree, prefix=()):
-  if isinstance(tree, dict):
-    for k, v in tree.items():
-      yield from _flatten(v, prefix + (k,))
-  else:
-    yield prefix, tree
+  """A Transformer holding exactly `params` (see params_io.build_model)."""
+  from famjax import params_io
+  try:
+    return params_io.build_model(cfg, params, source=source, allow_new=False)
+  except ValueError as e:
+    raise ConvertError(str(e)) from e
 
 
 def from_pretrained(src: str, *, attention: Optional[AttentionConfig] = None,
