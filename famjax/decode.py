@@ -183,13 +183,9 @@ def main(argv=None) -> int:
 
 
 def _vocabulary(model_dir):
-  import os
-  tok = os.path.join(model_dir, "extra", "tokenizer.json")
-  if os.path.exists(tok):
-    from famjax.convert.vocab import HFVocabulary
-    return HFVocabulary(tok)
-  import seqio
-  return seqio.ByteVocabulary()
+  """The model's own tokenizer if the directory has one, else bytes."""
+  from famjax.data.vocab import get_vocabulary, has_hf_tokenizer
+  return get_vocabulary(model_dir if has_hf_tokenizer(model_dir) else "byte")
 
 
 if __name__ == "__main__":

@@ -222,3 +222,18 @@ def test_export_refuses_unmerged_lora(src, tmp_path):
   with pytest.raises(ConvertError, match="merge"):
     export_params(cfg, params, str(tmp_path / "o"))
   assert not os.path.exists(tmp_path / "o")
+
+
+def test_vocabulary_of_a_converted_model_dir_is_its_tokenizer(tmp_path):
+  """get_vocabulary(famjax dir) finds the tokenizer the converter stored."""
+  from famjax.convert.vocab import HFVocabulary
+  from famjax.data.vocab import get_vocabulary, has_hf_tokenizer
+  tok = tmp_path / "extra" / "tokenizer"
+  tok.mkdir(parents=True)
+  U.write_tiny_tokenizer(str(tok))
+  assert has_hf_tokenizer(str(tmp_path))
+  vocab = get_vocabulary(str(tmp_path))
+  assert isinstance(vocab, HFVocabulary)
+  ids = vocab.encode("w3 w1 w2")
+  assert len(ids) == 3 and vocab.decode(ids).split() == ["w3", "w1", "w2"]
+  assert not has_hf_tokenizer(str(tmp_path / "extra"))
