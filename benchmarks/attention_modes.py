@@ -3,8 +3,9 @@
     python -m benchmarks.attention_modes [--lengths 2048,4096,...] [--out F]
 
 Model: d=256, 4 layers, 4 heads, FFN 1024, byte vocab, B=512, m=1, F=32,
-batch 1, float32. Each (mode, T) cell is the minimum over `--repeats` timed
-runs of one jitted loss+grad step after a compile/warm-up run. Targets
+batch 1, float32. For each T every mode's jitted loss+grad step is compiled and
+warmed up, then the modes are timed round-robin `--repeats` times and each
+keeps its minimum. Targets
 (issue 2): fam/bswa at 8k <= 1.15; fam time(32k)/time(4k) <= 9; fam faster
 than full from 8k on. Full attention is O(T^2); lengths above
 --max_full_len are not timed for it (reported as null).
@@ -36,18 +37,23 @@ def make_step(cfg):
   return jax.jit(jax.value_and_grad(loss)), params
 
 
-def time_cell(cfg, t, repeats):
-  step, params = make_step(cfg)
-  tokens = jax.random.randint(jax.random.key(0), (1, t), 0, cfg.vocab_size)
-  t0 = time.perf_counter()
-  jax.block_until_ready(step(params, tokens))
-  compile_s = time.perf_counter() - t0
-  times = []
+def time_row(cfgs, t, repeats):
+  """Seconds per step of each config at length t: compile all, then time them
+  round-robin (A B C A B C ...) and keep each one's minimum, so that a burst
+  of load on this shared machine hits all modes alike."""
+  steps = {}
+  tokens = jax.random.randint(jax.random.key(0), (1, t), 0, 256)
+  for name, cfg in cfgs.items():
+    step, params = make_step(cfg)
+    jax.block_until_ready(step(params, tokens))       # compile + warm up
+    steps[name] = (step, params)
+  best = {name: float("inf") for name in cfgs}
   for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(step(params, tokens))
-    times.append(time.perf_counter() - t0)
-  return min(times), compile_s
+    for name, (step, params) in steps.items():
+      t0 = time.perf_counter()
+      jax.block_until_ready(step(params, tokens))
+      best[name] = min(best[name], time.perf_counter() - t0)
+  return best
 
 
 def main(argv=None):
@@ -67,18 +73,15 @@ def main(argv=None):
   results = {m: {} for m in modes}
   print(f"{'T':>6} " + " ".join(f"{m + ' (s)':>10}" for m in modes), flush=True)
   for t in lengths:
-    row = []
+    cfgs = {mode: base.with_attention(mode=mode, block_size=512,
+                                      memory_segments=1, fam_length=32)
+            for mode in modes if not (mode == "full" and t > args.max_full_len)}
+    best = time_row(cfgs, t, args.repeats)
     for mode in modes:
-      if mode == "full" and t > args.max_full_len:
-        results[mode][t] = None
-        row.append(f"{'-':>10}")
-        continue
-      cfg = base.with_attention(mode=mode, block_size=512, memory_segments=1,
-                                fam_length=32)
-      sec, _ = time_cell(cfg, t, args.repeats)
-      results[mode][t] = sec
-      row.append(f"{sec:10.3f}")
-    print(f"{t:>6} " + " ".join(row), flush=True)
+      results[mode][t] = best.get(mode)
+    print(f"{t:>6} " + " ".join(
+        f"{'-':>10}" if best.get(m) is None else f"{best[m]:10.3f}"
+        for m in modes), flush=True)
 
   def ratio(a, b):
     return None if a is None or b is None else a / b
