@@ -83,3 +83,9 @@ def run_train(*args, timeout=300):
   p = popen_train(*args)
   out, err = p.communicate(timeout=timeout)
   return p.returncode, out, err
+
+
+def main_in_process(*args):
+  """famjax.train.main.main(args) in this process -> exit code."""
+  from famjax.train.main import main
+  return main(list(args))

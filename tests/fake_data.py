@@ -18,12 +18,14 @@ import numpy as np
 class FakeIterator:
 
   def __init__(self, split, *, seq_len, batch_size, seed, vocab_size,
-               shard_index=0, num_shards=1, sleep_after=None, sleep_s=0.0):
+               shard_index=0, num_shards=1, sleep_after=None, sleep_s=0.0,
+               nan_at_batch=None):
     self.split, self.seq_len, self.batch_size = split, seq_len, batch_size
     self.seed, self.vocab = seed, vocab_size
     self.shard = (shard_index, num_shards)
     self.index = 0
     self.sleep_after, self.sleep_s = sleep_after, sleep_s
+    self.nan_at_batch = nan_at_batch
 
   def __iter__(self):
     return self
@@ -40,6 +42,8 @@ class FakeIterator:
     seq = (start + stride * np.arange(t + 1)[None]) % self.vocab
     w = np.ones((b, t), np.float32)
     w[:, : t // 8] = 0.0          # some unweighted tokens
+    if self.index - 1 == self.nan_at_batch:
+      w[0, -1] = np.nan           # forces a non-finite loss at this batch
     return {"decoder_input_tokens": seq[:, :-1].astype(np.int32),
             "decoder_target_tokens": seq[:, 1:].astype(np.int32),
             "decoder_loss_weights": w}
@@ -53,11 +57,13 @@ class FakeIterator:
 
 @gin.configurable
 def fake_iterator(task, split, *, seq_len, batch_size, seed=0, shuffle=True,
-                  pack=False, shard_index=0, num_shards=1, vocab_size=64):
+                  pack=False, shard_index=0, num_shards=1, vocab_size=64,
+                  nan_at_batch=None):
   del task, shuffle, pack
   return FakeIterator(split, seq_len=seq_len, batch_size=batch_size, seed=seed,
                       vocab_size=vocab_size, shard_index=shard_index,
-                      num_shards=num_shards)
+                      num_shards=num_shards,
+                      nan_at_batch=nan_at_batch if split == "train" else None)
 
 
 @gin.configurable

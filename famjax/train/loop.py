@@ -178,7 +178,7 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
       params_io.assign_params(model, params_io.load_params(load_params_from),
                               load_params_from)
 
-  params0 = nnx.state(model, nnx.Param).to_pure_dict()
+  params0 = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   keys = trainer.trainable_keys(params0, trainable)
   tx, schedule = make_optimizer(trainer.split_params(params0, keys)[0],
                                 num_steps)

@@ -26,10 +26,13 @@ Running the same command again resumes from the newest checkpoint.
 
 def _setup_logging():
   logger = logging.getLogger("famjax")
-  if not logger.handlers:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("famjax: %(levelname)s: %(message)s"))
-    logger.addHandler(handler)
+  for h in list(logger.handlers):      # main() may run again in one process
+    if getattr(h, "_famjax", False):
+      logger.removeHandler(h)
+  handler = logging.StreamHandler(sys.stderr)
+  handler._famjax = True
+  handler.setFormatter(logging.Formatter("famjax: %(levelname)s: %(message)s"))
+  logger.addHandler(handler)
   logger.setLevel(logging.INFO)
   logger.propagate = False
   try:
@@ -37,6 +40,24 @@ def _setup_logging():
     absl_logging.set_verbosity(absl_logging.WARNING)
   except ImportError:
     pass
+
+
+def _ignore_closed_event_loop_noise():
+  """A failed orbax restore can leave tensorstore callbacks that fire after
+  their asyncio loop closed; Python would print their harmless
+  'Event loop is closed' traceback at exit. Hide exactly that one."""
+  previous = sys.unraisablehook
+  if getattr(previous, "_famjax", False):
+    return
+
+  def hook(u):
+    if isinstance(u.exc_value, RuntimeError) and (
+        "Event loop is closed" in str(u.exc_value)):
+      return
+    previous(u)
+
+  hook._famjax = True
+  sys.unraisablehook = hook
 
 
 def _clean(err: BaseException) -> str:
@@ -56,6 +77,7 @@ def main(argv=None) -> int:
     print(USAGE)
     return 0 if argv else 2
   _setup_logging()
+  _ignore_closed_event_loop_noise()
   import gin
   from famjax.train import gin_flags, loop  # registers the configurables
   try:

@@ -108,7 +108,7 @@ def trainable_keys(params, trainable: str = "all") -> frozenset:
 def init_state(model, tx, keys, *, seed: int):
   """Train state of an initialised model (see module doc)."""
   _, params, _ = nnx.split(model, nnx.Param, ...)
-  params = params.to_pure_dict()
+  params = nnx.to_pure_dict(params)
   train, _ = split_params(params, keys)
   state = {"step": jnp.zeros((), jnp.int32), "params": params,
            "opt_state": tx.init(train),
@@ -221,7 +221,7 @@ def make_train_step(model, tx, schedule: Callable, keys, cfg: StepConfig, *,
       kept = None if kept is None else kept[0]
     denom = jnp.maximum(stats["weight_sum"], 1.0)
     grads = jax.tree.map(lambda g: g / denom, grads)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state["opt_state"], train)
     train = optax.apply_updates(train, updates)
     new = dict(state, step=state["step"] + 1, opt_state=opt_state,
