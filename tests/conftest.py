@@ -53,6 +53,7 @@ TINY_RUN = textwrap.dedent("""
     train.save_every = 3
     train.eval_split = None
     train.progress_bar = False
+    train.seed = 2
     StepConfig.p_rsp = 0.8
     StepConfig.random_position_offset = True
     make_schedule.schedule = 'constant'

@@ -55,8 +55,13 @@ def straight(tiny_gin, tmp_path_factory):
   d = str(tmp_path_factory.mktemp("straight"))
   rc, out, err = run_train(f"--gin_file={tiny_gin}", f"--gin.MODEL_DIR={d}")
   assert rc == 0, err
-  # Random State Passing happened, and the kept state is in the checkpoint.
-  assert any(r["rsp_used"] == 1.0 for r in read_metrics(d).values())
+  # The steps after N start from the kept FAM state (RSP coin) with zero and
+  # non-zero position offsets, so a resume that lost the kept state or the
+  # RNG could not match; the kept state is in the checkpoint.
+  m = read_metrics(d)
+  assert m[N + 1]["rsp_used"] == m[N + 2]["rsp_used"] == 1.0
+  assert {m[s]["position_offset"] == 0 for s in range(N + 1, 2 * N + 1)} == {
+      True, False}
   assert final_params(d)["rsp"].shape == (2, 4, 32)
   return d
 
@@ -94,6 +99,13 @@ def test_sigkill_then_resume_matches_straight_run(straight, tiny_gin, tmp_path):
   assert rc == 0, err
   assert f"resuming from checkpoint {N}" in err
   assert_same_run(d, straight)
+  # The straight run saved step N asynchronously while step N+1 ran on the
+  # donated state: its checkpoint still holds exactly step N's state.
+  a = dict(_leaves(final_params(d, N)))
+  b = dict(_leaves(final_params(straight, N)))
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=str(k))
 
 
 def test_sigterm_saves_exits_zero_and_resumes(straight, tiny_gin, tmp_path):
