@@ -77,3 +77,13 @@ def test_later_file_and_flags_win(tiny_gin, tmp_path):
   assert gin.query_parameter("train.batch_size") == 2
   assert gin.query_parameter("train.seq_len") == 16
   gin.clear_config()
+
+
+def test_famjax_cli_dispatches_to_trainer(tiny_gin, tmp_path, capfd):
+  from famjax import cli
+  assert cli.main(["train", "--help"]) == 0
+  assert "--gin_file" in capfd.readouterr().out
+  rc = cli.main(["train", f"--gin_file={tiny_gin}", f"--gin.MODEL_DIR={tmp_path}",
+                 "--gin.train.bach_size=3"])
+  assert rc == 2
+  assert "did you mean 'batch_size'" in capfd.readouterr().err

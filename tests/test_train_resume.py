@@ -63,6 +63,12 @@ def straight(tiny_gin, tmp_path_factory):
   assert {m[s]["position_offset"] == 0 for s in range(N + 1, 2 * N + 1)} == {
       True, False}
   assert final_params(d)["rsp"].shape == (2, 4, 32)
+  # Operative gin config and TensorBoard events are in the run directory.
+  with open(os.path.join(d, "config.gin")) as fh:
+    operative = fh.read()
+  assert "train.seq_len = 64" in operative and "StepConfig.p_rsp = 0.8" in operative
+  assert any(f.startswith("events.out.tfevents")
+             for f in os.listdir(os.path.join(d, "train")))
   return d
 
 
@@ -120,7 +126,7 @@ def test_sigterm_saves_exits_zero_and_resumes(straight, tiny_gin, tmp_path):
   p.send_signal(signal.SIGTERM)
   out, err = p.communicate(timeout=120)
   assert p.returncode == 0, err
-  assert "SIGTERM: saved checkpoint" in err
+  assert "preempted (SIGTERM): saved checkpoint" in err
   steps = sorted(int(s) for s in os.listdir(os.path.join(d, "checkpoints")))
   last = max(read_metrics(d))
   # Saved at the step it stopped at, before the end of the run.

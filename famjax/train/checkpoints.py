@@ -143,21 +143,34 @@ def remove_run(model_dir: str):
 
 
 class Preemption:
-  """SIGTERM sets a flag; the loop saves at the next step boundary."""
+  """SIGTERM (or a first Ctrl-C) sets a flag; the loop saves a checkpoint at
+  the next step boundary and exits cleanly. A second Ctrl-C interrupts."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
     self.requested = False
-    self._previous = None
+    self.signal_name = None
+    self._previous = {}
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handler)
+      for sig in self.SIGNALS:
+        self._previous[sig] = signal.signal(sig, self._handler)
     return self
 
   def _handler(self, signum, frame):
+    if self.requested and signum == signal.SIGINT:
+      raise KeyboardInterrupt
     self.requested = True
+    self.signal_name = signal.Signals(signum).name
+    log.warning("%s: saving a checkpoint at the next step boundary, then "
+                "exiting%s.", signal.Signals(signum).name,
+                " (Ctrl-C again to interrupt now)" if signum == signal.SIGINT
+                else "")
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for sig, prev in self._previous.items():
+      signal.signal(sig, prev)
+    self._previous = {}
     return False

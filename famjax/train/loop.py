@@ -86,7 +86,10 @@ def _check_batch(batch, *, batch_size, seq_len, vocab_size, what):
 
 
 def _eval(eval_step, params, make_it, eval_batches, check):
+  """Mean loss / accuracy over the first `eval_batches` batches of a fresh
+  (unshuffled) eval iterator: the same tokens at every eval."""
   it = make_it()
+
   def batches():
     for _ in range(eval_batches):
       try:
@@ -95,7 +98,16 @@ def _eval(eval_step, params, make_it, eval_batches, check):
         return
       check(b)
       yield b
-  return trainer.evaluate(eval_step, params, batches())
+
+  try:
+    return trainer.evaluate(eval_step, params, batches())
+  finally:
+    _close(it)
+
+
+def _close(it):
+  if hasattr(it, "close"):
+    it.close()
 
 
 def _write_operative_config(model_dir):
@@ -207,8 +219,10 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
   if data_state is not None:
     it.set_state(data_state)
 
+  local_batch = batch_size // jax.process_count()
+
   def check(b, what="train batch"):
-    _check_batch(b, batch_size=batch_size, seq_len=seq_len,
+    _check_batch(b, batch_size=local_batch, seq_len=seq_len,
                  vocab_size=cfg.vocab_size, what=f"task {task!r}, {what}")
 
   def make_eval_it():
@@ -278,12 +292,14 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
                                         lambda b: check(b, "eval batch")))
       flush()
       preempted = preemption.requested and s < num_steps
+      signal_name = preemption.signal_name
     summary.update(step=s, preempted=preempted)
     if preempted:
       save(s)
       ckpts.wait()
-      writer.message(f"SIGTERM: saved checkpoint {s} in {ckpts.directory}; "
-                     "run the same command again to resume.")
+      writer.message(f"preempted ({signal_name}): saved checkpoint {s} in "
+                     f"{ckpts.directory}; run the same command again to "
+                     "resume.")
       return summary
     if eval_split:
       ev = _eval(eval_step, state["params"], make_eval_it, eval_batches,
@@ -304,6 +320,7 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
       ckpts.close()
     finally:
       writer.close()
+      _close(it)
 
 
 def _build(cfg, seed):

@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     return _fail(msg, 2)
   if summary.get("preempted"):
     logging.getLogger("famjax.train").info(
-        "stopped by SIGTERM at step %d (checkpoint saved)", summary["step"])
+        "stopped by a signal at step %d (checkpoint saved)", summary["step"])
   return 0
 
 
