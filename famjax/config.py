@@ -19,6 +19,7 @@ LAYER_TYPES = ("global", "local")
 ROPE_SCALINGS = (None, "linear", "llama3")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 DTYPES = ("float32", "bfloat16", "float16")
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 
 
 @gin.configurable
@@ -104,8 +105,15 @@ class ModelConfig:
   param_dtype: str = "float32"
   remat_policy: str = "none"
   scan_layers: bool = True
+  lora_rank: int = 0                      # 0: no LoRA weights
+  lora_alpha: float = 16.0                # LoRA update scaled by alpha / rank
+  lora_targets: Tuple[str, ...] = LORA_TARGETS  # projections that get LoRA
   attention: AttentionConfig = dataclasses.field(
       default_factory=AttentionConfig)
+
+  def __post_init__(self):
+    if isinstance(self.lora_targets, list):   # keep the config hashable
+      object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
 
   # ------------------------------------------------------------------ derived
   @property
@@ -182,6 +190,22 @@ class ModelConfig:
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"ModelConfig.remat_policy={self.remat_policy!r} is "
                        f"unknown; choose one of {REMAT_POLICIES}.")
+    if (not isinstance(self.lora_rank, int) or isinstance(self.lora_rank, bool)
+        or self.lora_rank < 0):
+      raise ValueError(f"ModelConfig.lora_rank={self.lora_rank!r} must be an "
+                       "integer >= 0 (0 turns LoRA off).")
+    if (not isinstance(self.lora_alpha, (int, float)) or
+        isinstance(self.lora_alpha, bool) or not self.lora_alpha > 0):
+      raise ValueError(f"ModelConfig.lora_alpha={self.lora_alpha!r} must be a "
+                       "number > 0.")
+    if isinstance(self.lora_targets, str) or not isinstance(
+        self.lora_targets, (tuple, list)):
+      raise ValueError(f"ModelConfig.lora_targets={self.lora_targets!r} must be "
+                       f"a tuple of names from {LORA_TARGETS}.")
+    bad = [t for t in self.lora_targets if t not in LORA_TARGETS]
+    if bad:
+      raise ValueError(f"ModelConfig.lora_targets has unknown entries {bad}; "
+                       f"choose from {LORA_TARGETS}.")
     if not isinstance(self.attention, AttentionConfig):
       raise ValueError("ModelConfig.attention must be an AttentionConfig.")
     self.attention.validate()
@@ -192,6 +216,7 @@ class ModelConfig:
     d = dataclasses.asdict(self)
     if d["layer_types"] is not None:
       d["layer_types"] = list(d["layer_types"])
+    d["lora_targets"] = list(d["lora_targets"])
     return d
 
   @classmethod
@@ -206,6 +231,8 @@ class ModelConfig:
       att = AttentionConfig(**att)
     if d.get("layer_types") is not None:
       d["layer_types"] = tuple(d["layer_types"])
+    if isinstance(d.get("lora_targets"), list):
+      d["lora_targets"] = tuple(d["lora_targets"])
     return cls(attention=att, **d)
 
   def to_json(self) -> str:

@@ -52,22 +52,27 @@ class DecoderLayer(nnx.Module):
     norm = dict(eps=cfg.norm_eps, plus_one=cfg.norm_scale_plus_one,
                 param_dtype=pd, stack=stack, rngs=rngs)
     dense = dict(rngs=rngs, param_dtype=pd, stack=stack)
+    lora = lambda name: dict(  # LoRA weights on the targeted projections
+        lora_rank=cfg.lora_rank if name in cfg.lora_targets else 0,
+        lora_alpha=cfg.lora_alpha)
     self.attn_norm = RMSNorm(d, **norm)
     self.q = Dense(d, (h, hd), in_axes=("embed",), out_axes=("heads", "kv"),
-                   use_bias=cfg.qkv_bias, **dense)
+                   use_bias=cfg.qkv_bias, **dense, **lora("q"))
     self.k = Dense(d, (k, hd), in_axes=("embed",), out_axes=("kv_heads", "kv"),
-                   use_bias=cfg.qkv_bias, **dense)
+                   use_bias=cfg.qkv_bias, **dense, **lora("k"))
     self.v = Dense(d, (k, hd), in_axes=("embed",), out_axes=("kv_heads", "kv"),
-                   use_bias=cfg.qkv_bias, **dense)
+                   use_bias=cfg.qkv_bias, **dense, **lora("v"))
     self.o = Dense((h, hd), d, in_axes=("heads", "kv"), out_axes=("embed",),
-                   **dense)
+                   **dense, **lora("o"))
     if cfg.qk_norm:
       self.q_norm = RMSNorm(hd, axis_name="kv", **norm)
       self.k_norm = RMSNorm(hd, axis_name="kv", **norm)
     else:
       self.q_norm = self.k_norm = None
     self.ffn_norm = RMSNorm(d, **norm)
-    self.mlp = GatedMLP(d, cfg.ffn_dim, cfg.activation, **dense)
+    self.mlp = GatedMLP(d, cfg.ffn_dim, cfg.activation, **dense,
+                        lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
+                        lora_targets=cfg.lora_targets)
     if cfg.sandwich_norm:
       self.post_attn_norm = RMSNorm(d, **norm)
       self.post_ffn_norm = RMSNorm(d, **norm)

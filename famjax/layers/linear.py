@@ -40,15 +40,20 @@ class Dense(nnx.Module):
   """y = x @ kernel (+ bias), contracting the last `len(in_features)` dims.
 
   kernel has shape [*in_features, *out_features].
+  LoRA (lora_rank r > 0): y += (lora_alpha / r) * (x @ lora_a) @ lora_b with
+  lora_a [*in, r] (normal, std 1/sqrt(fan_in)) and lora_b [r, *out] (zeros),
+  logical axes (*in_axes, "lora") and ("lora", *out_axes).
   """
 
   def __init__(self, in_features, out_features, *, in_axes: Sequence[str],
                out_axes: Sequence[str], rngs: nnx.Rngs, use_bias=False,
-               std=0.02, param_dtype=jnp.float32, stack=None):
+               std=0.02, param_dtype=jnp.float32, stack=None,
+               lora_rank: int = 0, lora_alpha: float = 16.0):
     self.in_features = _as_tuple(in_features)
     self.out_features = _as_tuple(out_features)
+    key = rngs.params()
     self.kernel = param_with_axes(
-        rngs.params(), self.in_features + self.out_features,
+        key, self.in_features + self.out_features,
         tuple(in_axes) + tuple(out_axes), std=std, dtype=param_dtype,
         stack=stack)
     if use_bias:
@@ -57,13 +62,32 @@ class Dense(nnx.Module):
                                   dtype=param_dtype, stack=stack)
     else:
       self.bias = None
+    self.lora_scale = lora_alpha / lora_rank if lora_rank else 0.0
+    if lora_rank:
+      # Derived from the kernel's key: LoRA does not shift the base init.
+      fan_in = math.prod(self.in_features)
+      self.lora_a = param_with_axes(
+          jax.random.fold_in(key, 1), self.in_features + (lora_rank,),
+          tuple(in_axes) + ("lora",), std=fan_in ** -0.5, dtype=param_dtype,
+          stack=stack)
+      self.lora_b = param_with_axes(
+          None, (lora_rank,) + self.out_features, ("lora",) + tuple(out_axes),
+          init="zeros", dtype=param_dtype, stack=stack)
+    else:
+      self.lora_a = self.lora_b = None
 
   def __call__(self, x, dtype=None):
     dtype = dtype or x.dtype
     n_in = len(self.in_features)
+    x = x.astype(dtype)
     kernel = self.kernel[...].astype(dtype)
     contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
-    y = jax.lax.dot_general(x.astype(dtype), kernel, (contract, ((), ())))
+    y = jax.lax.dot_general(x, kernel, (contract, ((), ())))
+    if self.lora_a is not None:
+      xa = jax.lax.dot_general(x, self.lora_a[...].astype(dtype),
+                               (contract, ((), ())))
+      y = y + jnp.asarray(self.lora_scale, dtype) * jax.lax.dot_general(
+          xa, self.lora_b[...].astype(dtype), (((xa.ndim - 1,), (0,)), ((), ())))
     if self.bias is not None:
       y = y + self.bias[...].astype(dtype)
     return y
