@@ -14,6 +14,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE = os.environ.get("FAMJAX_TEST_JAX_CACHE", "/tmp/famjax_test_jax_cache")
 JAX_ENV = {
+    "TF_CPP_MIN_LOG_LEVEL": "3",
     "JAX_COMPILATION_CACHE_DIR": CACHE,
     "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
@@ -26,13 +27,13 @@ jax.config.update("jax_compilation_cache_dir", CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
-# A tiny FAM run on the test-only fake data (tests/fake_data.py). Every
+# A tiny FAM run on the real pylib_lm_byte task (byte vocabulary). Every
 # subprocess / in-process run below uses exactly this program (constant
 # schedule: num_steps does not enter the compiled step), so it compiles once.
 TINY_RUN = textwrap.dedent("""
-    import tests.fake_data
+    import tests.data_hooks
     MODEL_DIR = %gin.REQUIRED
-    ModelConfig.vocab_size = 64
+    ModelConfig.vocab_size = 259
     ModelConfig.d_model = 32
     ModelConfig.num_layers = 2
     ModelConfig.num_heads = 2
@@ -43,8 +44,7 @@ TINY_RUN = textwrap.dedent("""
     AttentionConfig.memory_segments = 1
     AttentionConfig.fam_length = 4
     train.model_dir = %MODEL_DIR
-    train.task = 'fake'
-    train.data_fn = @fake_iterator
+    train.task = 'pylib_lm_byte'
     train.model_config = @ModelConfig()
     train.step_config = @StepConfig()
     train.num_steps = 6

@@ -77,7 +77,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_gin,
   # Batch index 4 (step 5) carries a NaN loss weight.
   rc = main_in_process(f"--gin_file={tiny_gin}", f"--gin.MODEL_DIR={d}",
                        "--gin.train.save_every=2",
-                       "--gin.fake_iterator.nan_at_batch=4")
+                       "--gin.train.data_fn=@nan_iterator",
+                       "--gin.nan_iterator.nan_at_batch=4")
   err = capfd.readouterr().err
   assert rc == 1
   assert "training stopped at step 5: the loss is nan" in err

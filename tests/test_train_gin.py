@@ -56,12 +56,12 @@ def test_values_need_no_quotes():
   files, bindings, _ = gin_flags.parse_args(
       ["--gin_file", "a.gin", "--gin.MODEL_DIR=/tmp/x y",
        "--gin.train.num_steps=10", "--gin.make_schedule.peak_learning_rate=1e-3",
-       "--gin.train.data_fn=@fake_iterator", "--gin.train.export=True",
+       "--gin.train.data_fn=@slow_iterator", "--gin.train.export=True",
        "--gin.TASK='passkey_byte'", "--gin.train.eval_split=None"])
   assert files == ["a.gin"]
   assert bindings == ["MODEL_DIR = '/tmp/x y'", "train.num_steps = 10",
                       "make_schedule.peak_learning_rate = 1e-3",
-                      "train.data_fn = @fake_iterator", "train.export = True",
+                      "train.data_fn = @slow_iterator", "train.export = True",
                       "TASK = 'passkey_byte'", "train.eval_split = None"]
 
 

@@ -84,8 +84,16 @@ def main(argv=None) -> int:
     import famjax.data.tasks  # noqa: F401  registers tasks (and their gin)
   except ImportError:
     pass
-  debug = os.environ.get("FAMJAX_TRACEBACK") == "1"
   gin.clear_config()
+  try:
+    return _run(argv)
+  finally:
+    gin.clear_config()     # main() may be called again in this process
+
+
+def _run(argv) -> int:
+  from famjax.train import gin_flags, loop
+  debug = os.environ.get("FAMJAX_TRACEBACK") == "1"
   try:
     files, bindings, paths = gin_flags.parse_args(argv)
     if not files and not bindings:
