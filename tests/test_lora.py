@@ -122,7 +122,9 @@ def test_merge_rank0_is_identity():
 
 
 def test_lora_mask_training_leaves_base_weights_identical():
-  model = Transformer(CFG, rngs=nnx.Rngs(0))
+  # Full attention compiles fastest; fam_prompt's place in the mask is
+  # checked on the fam model below.
+  model = Transformer(CFG_FULL, rngs=nnx.Rngs(0))
   randomize_lora_b(model)        # so lora_a gets a gradient too
   gdef, params, rest = nnx.split(model, nnx.Param, ...)
   mask = lora.trainable_mask(params, "lora")
@@ -131,6 +133,10 @@ def test_lora_mask_training_leaves_base_weights_identical():
   assert all(m == (("lora" in k) or ("fam_prompt" in k))
              for k, m in flat_mask.items())
   assert all(jax.tree.leaves(lora.trainable_mask(params, "all")))
+  fam_mask = lora.trainable_mask(
+      nnx.state(Transformer(CFG, rngs=nnx.Rngs(0)), nnx.Param), "lora")
+  assert fam_mask["fam_prompt"].get_value() is True
+  assert fam_mask["layers"]["q"]["kernel"].get_value() is False
   tx = lora.masked_optimizer(optax.adam(1e-2), mask)
   opt_state = tx.init(params)
   x = tokens(t=21)
