@@ -9,68 +9,10 @@ import signal
 import time
 
 import numpy as np
-import orbax.checkpoint as ocp
-import pytest
 
 from famjax.train.metrics import read_metrics
-from tests.conftest import popen_train, run_train
-
-N = 3
-
-
-def final_params(model_dir, step=2 * N):
-  state = ocp.StandardCheckpointer().restore(
-      os.path.join(model_dir, "checkpoints", str(step), "state"))
-  return state
-
-
-def assert_same_run(got_dir, want_dir):
-  got, want = read_metrics(got_dir), read_metrics(want_dir)
-  assert sorted(got) == list(range(1, 2 * N + 1)) == sorted(want)
-  for s in want:
-    assert abs(got[s]["loss"] - want[s]["loss"]) <= 1e-6, (s, got[s], want[s])
-    assert got[s]["rsp_used"] == want[s]["rsp_used"]
-  a, b = final_params(got_dir), final_params(want_dir)
-  flat_a = dict(_leaves(a))
-  flat_b = dict(_leaves(b))
-  assert flat_a.keys() == flat_b.keys()
-  for k in flat_b:
-    np.testing.assert_allclose(flat_a[k], flat_b[k], atol=1e-6, rtol=0,
-                               err_msg=str(k))
-
-
-def _leaves(tree, prefix=()):
-  if isinstance(tree, dict):
-    for k, v in tree.items():
-      yield from _leaves(v, prefix + (k,))
-  elif isinstance(tree, (list, tuple)):
-    for i, v in enumerate(tree):
-      yield from _leaves(v, prefix + (i,))
-  elif tree is not None:
-    yield prefix, np.asarray(tree)
-
-
-@pytest.fixture(scope="module")
-def straight(tiny_gin, tmp_path_factory):
-  d = str(tmp_path_factory.mktemp("straight"))
-  rc, out, err = run_train(f"--gin_file={tiny_gin}", f"--gin.MODEL_DIR={d}")
-  assert rc == 0, err
-  # The steps after N start from the kept FAM state (RSP coin) with zero and
-  # non-zero position offsets, so a resume that lost the kept state or the
-  # RNG could not match; the kept state is in the checkpoint.
-  m = read_metrics(d)
-  assert m[N + 1]["rsp_used"] == m[N + 2]["rsp_used"] == 1.0
-  assert {m[s]["position_offset"] == 0 for s in range(N + 1, 2 * N + 1)} == {
-      True, False}
-  assert final_params(d)["rsp"].shape == (2, 4, 32)
-  # Operative gin config and TensorBoard events are in the run directory.
-  with open(os.path.join(d, "config.gin")) as fh:
-    operative = fh.read()
-  assert "train.seq_len = 64" in operative and "StepConfig.p_rsp = 0.8" in operative
-  assert any(f.startswith("events.out.tfevents")
-             for f in os.listdir(os.path.join(d, "train")))
-  return d
-
+from tests.conftest import (N, assert_same_run, final_params, leaves,
+                            popen_train, run_train)
 
 def _wait_for(pred, proc, timeout=240, what=""):
   t0 = time.time()
@@ -107,8 +49,8 @@ def test_sigkill_then_resume_matches_straight_run(straight, tiny_gin, tmp_path):
   assert_same_run(d, straight)
   # The straight run saved step N asynchronously while step N+1 ran on the
   # donated state: its checkpoint still holds exactly step N's state.
-  a = dict(_leaves(final_params(d, N)))
-  b = dict(_leaves(final_params(straight, N)))
+  a = dict(leaves(final_params(d, N)))
+  b = dict(leaves(final_params(straight, N)))
   assert a.keys() == b.keys()
   for k in a:
     np.testing.assert_array_equal(a[k], b[k], err_msg=str(k))

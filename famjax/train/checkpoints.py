@@ -75,7 +75,9 @@ class Checkpoints:
 
   # -------------------------------------------------------------- restore
   def restore(self, step: int, like_state):
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like_state)
+    abstract = jax.tree.map(
+        lambda x: x if isinstance(x, jax.ShapeDtypeStruct)
+        else ocp.utils.to_shape_dtype_struct(x), like_state)
     out = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract),
         data=ocp.args.JsonRestore(),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -21,8 +22,10 @@ import jax
 import numpy as np
 from flax import nnx
 
+from famjax import partitioning
 from famjax.config import AttentionConfig, ModelConfig
 from famjax.train import checkpoints as ckpt_lib
+from famjax.train import sharding
 from famjax.train import trainer
 from famjax.train.metrics import MetricsWriter
 from famjax.train.optimizers import make_optimizer
@@ -85,7 +88,7 @@ def _check_batch(batch, *, batch_size, seq_len, vocab_size, what):
                        f"vocab_size is {vocab_size}.")
 
 
-def _eval(eval_step, params, make_it, eval_batches, check):
+def _eval(eval_step, params, make_it, eval_batches, prepare):
   """Mean loss / accuracy over the first `eval_batches` batches of a fresh
   (unshuffled) eval iterator: the same tokens at every eval."""
   it = make_it()
@@ -96,8 +99,7 @@ def _eval(eval_step, params, make_it, eval_batches, check):
         b = next(it)
       except StopIteration:
         return
-      check(b)
-      yield b
+      yield prepare(b)
 
   try:
     return trainer.evaluate(eval_step, params, batches())
@@ -119,13 +121,56 @@ def _write_operative_config(model_dir):
 
 
 def export_model(path, cfg, params):
-  """Final params as a famjax model directory (LoRA merged)."""
+  """Final params as a famjax model directory (LoRA merged); host 0 writes."""
   from famjax import params_io
-  if getattr(cfg, "lora_rank", 0):
+  params = sharding.to_host(params)
+  if jax.process_index() != 0:
+    return os.path.abspath(path)
+  if cfg.lora_rank:
     from famjax.lora import merge_lora
     params, cfg = merge_lora(params, cfg)
-  params = jax.tree.map(np.asarray, jax.device_get(params))
   return params_io.save_model_dir(path, cfg, params, overwrite=True)
+
+
+def gather_data_states(state) -> dict:
+  """Every process's data iterator state (hosts read different rows), for
+  the checkpoint, which host 0 writes."""
+  if jax.process_count() == 1:
+    return {"process_count": 1, "iterators": [state]}
+  from jax.experimental import multihost_utils
+  mine = np.frombuffer(json.dumps(state).encode(), np.uint8)
+  sizes = multihost_utils.process_allgather(np.array([mine.size], np.int64))
+  padded = np.zeros(int(np.max(sizes)), np.uint8)
+  padded[:mine.size] = mine
+  every = multihost_utils.process_allgather(padded)
+  sizes = np.asarray(sizes).reshape(-1)
+  return {"process_count": jax.process_count(),
+          "iterators": [json.loads(bytes(every[i, :sizes[i]]))
+                        for i in range(jax.process_count())]}
+
+
+def own_data_state(saved: dict):
+  n = saved.get("process_count")
+  if n != jax.process_count():
+    raise TrainError(
+        f"the checkpoint's data position was saved by {n} processes; this "
+        f"run has {jax.process_count()}. Resume with the same number of hosts.")
+  return saved["iterators"][jax.process_index()]
+
+
+def init_distributed():
+  """jax.distributed.initialize from FAMJAX_COORDINATOR_ADDRESS,
+  FAMJAX_NUM_PROCESSES, FAMJAX_PROCESS_ID when set, else the cluster's own
+  environment (TPU pods, SLURM, ...)."""
+  env = os.environ
+  kw = {}
+  if env.get("FAMJAX_COORDINATOR_ADDRESS"):
+    kw = dict(coordinator_address=env["FAMJAX_COORDINATOR_ADDRESS"],
+              num_processes=int(env["FAMJAX_NUM_PROCESSES"]),
+              process_id=int(env["FAMJAX_PROCESS_ID"]))
+  if env.get("JAX_PLATFORMS", "") == "cpu":
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(**kw)
 
 
 # --------------------------------------------------------------------- loop
@@ -143,6 +188,8 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
           save_every: int = 1000, keep_checkpoints: int = 3,
           async_checkpoints: bool = True, export: bool = False,
           overwrite: bool = False, data_fn: Optional[Callable] = None,
+          mesh_shape=(-1, 1, 1), sharding_rules: Optional[dict] = None,
+          multi_host: bool = False,
           progress_bar: bool = True, tensorboard: bool = True) -> dict:
   """Train (or resume training) the model of MODEL_DIR; returns a summary.
 
@@ -166,7 +213,14 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
   overwrite: delete existing checkpoints and logs and start from scratch.
   data_fn: iterator factory with famjax.data.pipeline.make_iterator's
     signature (default: that function).
+  mesh_shape: ("data", "fsdp", "tensor") sizes or a dict (one may be -1);
+    sharding_rules: overrides of famjax.partitioning.DEFAULT_RULES.
+  multi_host: call jax.distributed.initialize first (see init_distributed);
+    every host runs the same command.
   """
+  if multi_host:
+    init_distributed()
+  chief = jax.process_index() == 0
   step_cfg = (step_config or trainer.StepConfig()).validate(batch_size)
   model_dir = os.path.abspath(os.path.expanduser(model_dir))
   os.makedirs(model_dir, exist_ok=True)
@@ -195,6 +249,13 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
   tx, schedule = make_optimizer(trainer.split_params(params0, keys)[0],
                                 num_steps)
   state = trainer.init_state(model, tx, keys, seed=seed)
+  mesh = partitioning.make_mesh(mesh_shape)
+  rules = partitioning.make_rules(sharding_rules)
+  state_sh = sharding.state_shardings(model, state, tx, keys, mesh, rules)
+  state = sharding.place(state, state_sh)
+  batch_sh = partitioning.data_sharding(mesh, rules)
+  log.info("mesh %s over %d devices (%d processes)", dict(mesh.shape),
+           mesh.size, jax.process_count())
   n_train = sum(int(np.prod(v.shape)) for k, v in trainer.flat(params0).items()
                 if k in keys)
   n_all = sum(int(np.prod(v.shape)) for v in trainer.flat(params0).values())
@@ -205,10 +266,11 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
   start, data_state = 0, None
   if has_ckpt:
     try:
-      restored = ckpts.restore_latest(state)
+      restored = ckpts.restore_latest(sharding.abstract(state))
     except ckpt_lib.NoRestorableCheckpoint as e:
       raise TrainError(str(e)) from None
     start, state, data_state, _ = restored
+    data_state = own_data_state(data_state)
     log.info("resuming from checkpoint %d in %s", start, ckpts.directory)
 
   make_it = _data_fn(data_fn)
@@ -221,18 +283,28 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
 
   local_batch = batch_size // jax.process_count()
 
-  def check(b, what="train batch"):
+  def prepare(b, what="train batch"):
+    """Check this host's rows, then form the global (sharded) batch."""
     _check_batch(b, batch_size=local_batch, seq_len=seq_len,
                  vocab_size=cfg.vocab_size, what=f"task {task!r}, {what}")
+    return partitioning.host_local_to_global(b, mesh, rules)
+
+  def prepare_eval(b):
+    return prepare(b, "eval batch")
 
   def make_eval_it():
     return make_it(task, eval_split, seq_len=seq_len, batch_size=batch_size,
                    seed=0, shuffle=False, pack=pack, **shard)
 
-  step_fn = trainer.make_train_step(model, tx, schedule, keys, step_cfg)
-  eval_step = trainer.make_eval_step(model) if eval_split else None
+  step_fn = trainer.make_train_step(model, tx, schedule, keys, step_cfg,
+                                    state_shardings=state_sh,
+                                    batch_sharding=batch_sh)
+  eval_step = trainer.make_eval_step(
+      model, params_shardings=state_sh["params"],
+      batch_sharding=batch_sh) if eval_split else None
   writer = MetricsWriter(model_dir, start_step=start, num_steps=num_steps,
-                         tensorboard=tensorboard, progress_bar=progress_bar)
+                         tensorboard=tensorboard, progress_bar=progress_bar,
+                         enabled=chief)
   gin_text = gin.config_str()
   saved = {start} if has_ckpt else set()
   summary = {"start_step": start}
@@ -265,7 +337,7 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
 
   def save(s):
     if s not in saved:
-      ckpts.save(s, state, it.get_state(), gin_text)
+      ckpts.save(s, state, gather_data_states(it.get_state()), gin_text)
       saved.add(s)
 
   s = start
@@ -273,15 +345,14 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
   try:
     with ckpt_lib.Preemption() as preemption:
       while s < num_steps and not preemption.requested:
-        batch = next(it)
-        check(batch)
-        state, m = step_fn(state, batch)
+        state, m = step_fn(state, prepare(next(it)))
         s += 1
         flush()
         pending.append((s, m))
         if s == start + 1:
           flush()
-          _write_operative_config(model_dir)
+          if chief:
+            _write_operative_config(model_dir)
         if s % save_every == 0 or s == num_steps:
           flush()
           save(s)
@@ -289,7 +360,7 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
           flush()
           writer.write(s, "eval", _eval(eval_step, state["params"],
                                         make_eval_it, eval_batches,
-                                        lambda b: check(b, "eval batch")))
+                                        prepare_eval))
       flush()
       preempted = preemption.requested and s < num_steps
       signal_name = preemption.signal_name
@@ -303,7 +374,7 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
       return summary
     if eval_split:
       ev = _eval(eval_step, state["params"], make_eval_it, eval_batches,
-                 lambda b: check(b, "eval batch"))
+                 prepare_eval)
       writer.write(s, "eval", ev)
       summary["eval"] = ev
       writer.message(f"eval at step {s}: loss {ev.get('loss', float('nan')):.4f}"

@@ -17,18 +17,21 @@ from typing import Optional
 class MetricsWriter:
 
   def __init__(self, model_dir: str, *, start_step: int, num_steps: int,
-               tensorboard: bool = True, progress_bar: bool = True):
+               tensorboard: bool = True, progress_bar: bool = True,
+               enabled: bool = True):
+    """enabled=False (hosts other than 0 of a multi-host run): no output."""
     self.path = os.path.join(model_dir, "metrics.jsonl")
+    self._fh, self._tb, self._bar = None, {}, None
+    if not enabled:
+      return
     self._truncate_after(start_step)
     self._fh = open(self.path, "a")
-    self._tb = {}
     if tensorboard:
       from tensorboardX import SummaryWriter
       for split in ("train", "eval"):
         self._tb[split] = SummaryWriter(
             os.path.join(model_dir, split),
             purge_step=start_step + 1 if start_step else None)
-    self._bar = None
     if progress_bar:
       from tqdm import tqdm
       self._bar = tqdm(total=num_steps, initial=start_step, unit="step",
@@ -54,6 +57,8 @@ class MetricsWriter:
     os.replace(tmp, self.path)
 
   def write(self, step: int, split: str, values: dict):
+    if self._fh is None:
+      return
     rec = {"step": int(step), "split": split}
     rec.update({k: float(v) for k, v in values.items()})
     self._fh.write(json.dumps(rec) + "\n")
@@ -73,6 +78,8 @@ class MetricsWriter:
     self._bar.refresh()
 
   def message(self, text: str):
+    if self._fh is None:
+      return
     if self._bar is not None:
       self._bar.write(text, file=sys.stderr)
     else:
@@ -84,7 +91,9 @@ class MetricsWriter:
     for tb in self._tb.values():
       tb.flush()
       tb.close()
-    self._fh.close()
+    if self._fh is not None:
+      self._fh.close()
+      self._fh = None
 
 
 def read_metrics(model_dir: str, split: str = "train") -> dict:

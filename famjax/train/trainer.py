@@ -182,9 +182,26 @@ def _summaries(stats, grad_norm=None, lr=None):
 
 
 # -------------------------------------------------------------------- steps
+def microbatches(batch, k: int):
+  """[B, ...] -> [k, B/k, ...], microbatch j = rows j, j+k, j+2k, ...
+
+  Interleaved, so that a batch split over devices in contiguous row blocks
+  gives every device its share of every microbatch, and row 0 (whose FAM
+  state Random State Passing keeps) is row 0 of microbatch 0.
+  """
+  return jax.tree.map(
+      lambda x: x.reshape((x.shape[0] // k, k) + x.shape[1:]).swapaxes(0, 1),
+      batch)
+
+
 def make_train_step(model, tx, schedule: Callable, keys, cfg: StepConfig, *,
-                    jit: bool = True, in_shardings=None, out_shardings=None):
-  """(state, batch) -> (state, metrics), jit-compiled with the state donated."""
+                    jit: bool = True, state_shardings=None,
+                    batch_sharding=None):
+  """(state, batch) -> (state, metrics), jit-compiled with the state donated.
+
+  state_shardings / batch_sharding: NamedShardings of the train state and
+  of the batch (famjax.train.sharding); None lets jit follow the inputs.
+  """
   graphdef, _, rest = nnx.split(model, nnx.Param, ...)
   mcfg = model.cfg
   fam = mcfg.attention.mode == "fam"
@@ -204,7 +221,7 @@ def make_train_step(model, tx, schedule: Callable, keys, cfg: StepConfig, *,
                                    mcfg.rope_theta)
     fam_state = state.get("rsp") if fam and cfg.p_rsp > 0 else None
     train, frozen = split_params(state["params"], keys)
-    mbs = jax.tree.map(lambda x: x.reshape((k, -1) + x.shape[1:]), batch)
+    mbs = microbatches(batch, k)
 
     def micro(acc, mb):
       g, (stats, phi) = grad_fn(train, frozen, mb, offset, fam_state, coin)
@@ -236,11 +253,21 @@ def make_train_step(model, tx, schedule: Callable, keys, cfg: StepConfig, *,
 
   if not jit:
     return step
-  return jax.jit(step, donate_argnums=0, in_shardings=in_shardings,
-                 out_shardings=out_shardings)
+  if state_shardings is None:
+    return jax.jit(step, donate_argnums=0)
+  repl = _replicated(state_shardings)
+  return jax.jit(step, donate_argnums=0,
+                 in_shardings=(state_shardings, batch_sharding),
+                 out_shardings=(state_shardings, repl))
 
 
-def make_eval_step(model, *, jit: bool = True):
+def _replicated(shardings):
+  mesh = jax.tree.leaves(shardings)[0].mesh
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
+def make_eval_step(model, *, jit: bool = True, params_shardings=None,
+                   batch_sharding=None):
   """(params, batch) -> summed stats; no offset, initial FAM (SPEC)."""
   graphdef, _, rest = nnx.split(model, nnx.Param, ...)
 
@@ -248,7 +275,12 @@ def make_eval_step(model, *, jit: bool = True):
     logits, _ = _forward(graphdef, rest, params, batch)
     return token_stats(logits, batch)
 
-  return jax.jit(step) if jit else step
+  if not jit:
+    return step
+  if params_shardings is None:
+    return jax.jit(step)
+  return jax.jit(step, in_shardings=(params_shardings, batch_sharding),
+                 out_shardings=_replicated(params_shardings))
 
 
 def evaluate(eval_step, params, batches) -> dict:
