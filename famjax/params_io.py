@@ -51,7 +51,7 @@ def _gin_value(v):
 
 def params_dict(model) -> dict:
   """Nested dict of numpy-compatible arrays of a model's nnx.Params."""
-  return nnx.state(model, nnx.Param).to_pure_dict()
+  return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
 
 def _check_target(path: str, overwrite: bool):
@@ -96,6 +96,7 @@ def save_model_dir(path: str, cfg: ModelConfig, params: dict, *,
           shutil.copytree(src, dst)
         else:
           shutil.copyfile(src, dst)
+    os.chmod(tmp, 0o755)       # mkdtemp made it private
     os.rename(tmp, path)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
@@ -140,25 +141,61 @@ def load_model_dir(path: str, *, attention: Optional[AttentionConfig] = None,
   if attention is not None:
     overrides["attention"] = attention
   cfg = dataclasses.replace(cfg, **overrides).validate()
-  params = load_params(path)
-  model = _build(cfg, seed)
-  assign_params(model, params, path)
-  return cfg, model
+  return cfg, build_model(cfg, load_params(path), source=path, seed=seed,
+                          allow_new=True)
 
 
-def _build(cfg, seed):
+def _is_new_weight(key) -> bool:
+  """Weights a checkpoint may lack: fam_prompt (switching to FAM), LoRA."""
+  return key[0] == "fam_prompt" or any("lora" in str(k) for k in key)
+
+
+def build_model(cfg: ModelConfig, params: dict, *, source: str = "checkpoint",
+                seed: int = 0, allow_new: bool = True):
+  """A Transformer holding `params`, checked name by name and shape by shape.
+
+  The module is built abstractly (no random init of big weights); weights
+  the checkpoint lacks (`fam_prompt`, LoRA; only if allow_new) get their
+  seeded initial values from one compiled init.
+  """
   from famjax.model import Transformer
-  return Transformer(cfg, rngs=nnx.Rngs(seed))
+  make = lambda: Transformer(cfg, rngs=nnx.Rngs(seed))
+  model = nnx.eval_shape(make)
+  flat_model = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+  flat_src = dict(_flatten(params))
+  extra = sorted(".".join(map(str, k)) for k in flat_src
+                 if k not in flat_model and k[0] != "fam_prompt")
+  if extra:
+    raise ValueError(f"{source}: weights {extra[:5]} do not exist in the model "
+                     "(wrong architecture or config?).")
+  missing = [k for k in flat_model if k not in flat_src]
+  for key in missing:
+    if not (allow_new and _is_new_weight(key)):
+      raise ValueError(f"{source}: weight {'.'.join(map(str, key))} is missing.")
+  if missing:
+    init = dict(nnx.to_flat_state(jax.jit(
+        lambda: nnx.state(make(), nnx.Param))()))
+  for key, var in flat_model.items():
+    name = ".".join(map(str, key))
+    if key in flat_src:
+      value = flat_src[key]
+      if tuple(value.shape) != tuple(var.shape):
+        raise ValueError(f"{source}: weight {name} has shape "
+                         f"{tuple(value.shape)}, the model expects "
+                         f"{tuple(var.shape)}.")
+    else:
+      value = init[key][...]
+    var.set_value(jnp.asarray(value, var.dtype))
+  return model
 
 
 def assign_params(model, params: dict, source: str = "checkpoint"):
-  """Copy a nested param dict into a model, checking names and shapes.
+  """Copy a nested param dict into an existing model (names, shapes checked).
 
-  Names the model has but `params` lacks keep their initial values only if
-  they are `fam_prompt` (new when switching to FAM) or LoRA weights.
+  Weights the dict lacks keep the model's values if they are `fam_prompt`
+  or LoRA weights (new when switching to FAM or adding adapters).
   """
-  state = nnx.state(model, nnx.Param)
-  flat_model = dict(state.flat_state())
+  flat_model = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
   flat_src = dict(_flatten(params))
   extra = sorted(".".join(map(str, k)) for k in flat_src
                  if k not in flat_model and k[0] != "fam_prompt")
@@ -168,14 +205,14 @@ def assign_params(model, params: dict, source: str = "checkpoint"):
   for key, var in flat_model.items():
     name = ".".join(map(str, key))
     if key not in flat_src:
-      if key[0] == "fam_prompt" or "lora" in name:
+      if _is_new_weight(key):
         continue
       raise ValueError(f"{source}: weight {name} is missing.")
     value = flat_src[key]
     if tuple(value.shape) != tuple(var.shape):
       raise ValueError(f"{source}: weight {name} has shape {tuple(value.shape)}, "
                        f"the model expects {tuple(var.shape)}.")
-    var[...] = jnp.asarray(value, var.dtype)
+    var.set_value(jnp.asarray(value, var.dtype))
 
 
 def _flatten(tree, prefix=()):

@@ -1,8 +1,9 @@
-"""Shared helpers for the trainer tests.
+"""Shared test setup, and helpers for the trainer tests.
 
 JAX's persistent compilation cache is switched on (for this process and the
 `python -m famjax.train` subprocesses): the same train step compiled in
-several runs is built once. It changes no result, only the wall time.
+several runs is built once (programs that take over 1 s to compile). It
+changes no result, only the wall time.
 """
 import os
 import subprocess
@@ -18,15 +19,18 @@ CACHE = os.environ.get("FAMJAX_TEST_JAX_CACHE", "/tmp/famjax_test_jax_cache")
 JAX_ENV = {
     "TF_CPP_MIN_LOG_LEVEL": "3",
     "JAX_COMPILATION_CACHE_DIR": CACHE,
-    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "1",
     "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
 }
 os.environ.update(JAX_ENV)
 
+# Tests run on one CPU device unless a test starts its own subprocess.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
 import jax  # noqa: E402  (after the cache variables)
 
 jax.config.update("jax_compilation_cache_dir", CACHE)
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 from famjax.train.metrics import read_metrics  # noqa: E402

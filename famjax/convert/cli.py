@@ -1,0 +1,120 @@
+"""`famjax convert`: Hugging Face / GGUF checkpoints <-> famjax directories.
+
+  famjax convert --from hf   HF_DIR    --out FAMJAX_DIR [attention options]
+  famjax convert --from gguf FILE.gguf --out FAMJAX_DIR [attention options]
+  famjax convert --to hf     FAMJAX_DIR --out HF_DIR
+
+Attention options choose how the converted weights will run: --attention
+full|bswa|fam, --block_size B, --memory_segments m, --fam_length F (`fam`
+adds only the FAM prompt, initialised normal(0.02), or the one an exported
+famjax model carries). --dtype sets the parameter and compute dtype.
+
+A mistake the user can fix (missing or damaged file, unsupported
+architecture, existing output) prints one line to stderr and exits 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from famjax.config import AttentionConfig
+
+USAGE = """\
+famjax convert --from hf|gguf SRC --out DIR [--attention full|bswa|fam]
+               [--block_size B] [--memory_segments m] [--fam_length F]
+               [--dtype float32|bfloat16|float16] [--seed S] [--no_tokenizer]
+famjax convert --to hf SRC_FAMJAX_DIR --out HF_DIR"""
+
+
+class _UsageError(Exception):
+  pass
+
+
+class _Parser(argparse.ArgumentParser):
+  def error(self, message):
+    raise _UsageError(message)
+
+
+def _parser():
+  p = _Parser(prog="famjax convert", usage=USAGE, add_help=True,
+              description="Convert Hugging Face / GGUF checkpoints to and from "
+                          "famjax model directories.")
+  g = p.add_mutually_exclusive_group(required=True)
+  g.add_argument("--from", dest="src_format", choices=("hf", "gguf"),
+                 help="import a Hugging Face directory or a GGUF file")
+  g.add_argument("--to", dest="dst_format", choices=("hf",),
+                 help="export a famjax directory to Hugging Face format")
+  p.add_argument("src", help="source checkpoint")
+  p.add_argument("--out", required=True, help="new output directory")
+  p.add_argument("--attention", choices=("full", "bswa", "fam"), default=None,
+                 help="attention mode to run the weights with (default: the "
+                      "source's FAM config if it has one, else full)")
+  p.add_argument("--block_size", type=int, default=None)
+  p.add_argument("--memory_segments", type=int, default=None)
+  p.add_argument("--fam_length", type=int, default=None)
+  p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                 default="float32")
+  p.add_argument("--seed", type=int, default=0,
+                 help="seed of a new fam_prompt")
+  p.add_argument("--no_tokenizer", action="store_true",
+                 help="GGUF: convert the weights only")
+  p.add_argument("--overwrite", action="store_true",
+                 help="replace an existing output directory")
+  return p
+
+
+def _attention(args):
+  knobs = {k: getattr(args, k) for k in ("block_size", "memory_segments",
+                                         "fam_length")
+           if getattr(args, k) is not None}
+  if args.attention is None:
+    if knobs:
+      raise _UsageError("--block_size / --memory_segments / --fam_length need "
+                        "--attention bswa or fam")
+    return None
+  att = AttentionConfig(mode=args.attention, **knobs)
+  att.validate()
+  return att
+
+
+def main(argv=None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if any(a in ("-h", "--help") for a in argv):
+    _parser().print_help()
+    return 0
+  from famjax.convert.errors import ConvertError
+  try:
+    args = _parser().parse_args(argv)
+    t0 = time.time()
+    if args.dst_format == "hf":
+      from famjax.convert.export import export_hf
+      if args.attention or args.no_tokenizer:
+        raise _UsageError("--attention / --no_tokenizer apply to --from only")
+      out = export_hf(args.src, args.out, overwrite=args.overwrite)
+    else:
+      attention = _attention(args)
+      if args.src_format == "hf":
+        from famjax.convert.hf import convert_hf
+        out = convert_hf(args.src, args.out, attention=attention,
+                         dtype=args.dtype, seed=args.seed,
+                         overwrite=args.overwrite)
+      else:
+        from famjax.convert.gguf import convert_gguf
+        out = convert_gguf(args.src, args.out, attention=attention,
+                           dtype=args.dtype, seed=args.seed,
+                           tokenizer=not args.no_tokenizer,
+                           overwrite=args.overwrite)
+  except _UsageError as e:
+    print(f"famjax convert: error: {e} (see famjax convert --help)",
+          file=sys.stderr)
+    return 2
+  except (ConvertError, FileNotFoundError, FileExistsError, ValueError) as e:
+    print(f"famjax convert: error: {e}", file=sys.stderr)
+    return 2
+  print(f"wrote {out} ({time.time() - t0:.1f}s)")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,166 @@
+"""The whole-sequence fast path (`Transformer.__call__`) against the naive
+block-outer reference of SPEC (tests/reference.py): logits, final FAM
+states, FAM-state input, position offsets and gradients."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests import reference as R
+from tests.helpers import (VOCAB, fast_for, gemma_cfg, llama_cfg, max_abs,
+                           qwen_cfg, tokens)
+
+TOL = 1e-4
+
+# (config, batch, T). Each case combines several of the shapes SPEC names;
+# every case is one compile, so they are few.
+CASES = [
+    # mode fam
+    pytest.param(llama_cfg("fam", 4, 1, 2), 2, 11, id="fam-partial-gqa-b2"),
+    pytest.param(llama_cfg("fam", 4, 2, 1), 1, 12, id="fam-exact-m2-F1"),
+    pytest.param(llama_cfg("fam", 8, 1, 3), 2, 5, id="fam-T<B"),
+    pytest.param(gemma_cfg("fam", 4, 0, 4), 1, 10, id="fam-gemma-m0-F=B"),
+    pytest.param(llama_cfg("fam", 4, 5, 2, num_kv_heads=1, scan_layers=False,
+                           remat_policy="full"), 2, 9,
+                 id="fam-m>=n-mqa-noscan-remat"),
+    pytest.param(gemma_cfg("fam", 4, 2, 2), 2, 13, id="fam-gemma"),
+    pytest.param(qwen_cfg("fam", 5, 1, 3), 2, 14, id="fam-qwen"),
+    # mode bswa
+    pytest.param(llama_cfg("bswa", 4, 1), 2, 11, id="bswa-partial-b2"),
+    pytest.param(llama_cfg("bswa", 4, 0), 1, 10, id="bswa-m0"),
+    pytest.param(llama_cfg("bswa", 4, 5), 2, 11, id="bswa-m>=n"),
+    pytest.param(gemma_cfg("bswa", 4, 2), 2, 13, id="bswa-gemma"),
+    pytest.param(qwen_cfg("bswa", 5, 2, scan_layers=False), 2, 14,
+                 id="bswa-qwen-m2-noscan"),
+    # mode full
+    pytest.param(llama_cfg("full"), 2, 11, id="full"),
+    pytest.param(gemma_cfg("full"), 2, 13, id="full-gemma"),
+]
+
+
+@pytest.mark.parametrize("cfg,batch,length", CASES)
+def test_logits_and_fam_state_match_reference(cfg, batch, length):
+  fast = fast_for(cfg)
+  tok = tokens(batch, length)
+  out, state = fast(tok, return_state=True)
+  ref, ref_state = R.forward(cfg, fast.params, tok)
+  assert out.shape == (batch, length, VOCAB)
+  assert np.isfinite(np.asarray(out)).all()
+  assert max_abs(out, ref) <= TOL
+  if cfg.attention.mode == "fam":
+    f = cfg.attention.fam_length
+    assert state["fam_state"].shape == (cfg.num_layers, batch, f, cfg.d_model)
+    assert max_abs(state["fam_state"], ref_state) <= TOL
+
+
+def test_modes_differ():
+  """Non-vacuity: on these weights the three masks give different logits,
+  so the comparisons above can see a wrong mask."""
+  tok = tokens(2, 11)
+  outs = {mode: np.asarray(fast_for(llama_cfg(mode, 4, 1, 2))(tok))
+          for mode in ("full", "bswa", "fam")}
+  assert max_abs(outs["full"], outs["bswa"]) > 1e-2
+  assert max_abs(outs["bswa"], outs["fam"]) > 1e-2
+  # the first block of bswa sees exactly what full attention sees
+  assert max_abs(outs["full"][:, :4], outs["bswa"][:, :4]) <= TOL
+
+
+@pytest.mark.parametrize("make,batch,length", [
+    (llama_cfg, 2, 11), (gemma_cfg, 2, 13)], ids=["llama", "gemma"])
+def test_bswa_with_m_ge_n_equals_full(make, batch, length):
+  """SPEC: bswa with m >= n equals full (families without local layers).
+  With Gemma 3 local layers the block rule hides nothing either when m >= n,
+  and both modes apply the same native window, so they agree too."""
+  tok = tokens(batch, length)
+  assert 5 >= -(-length // 4)                         # m >= n
+  bswa = fast_for(make("bswa", 4, 5))
+  full = fast_for(make("full"))
+  assert bswa.params.keys() == full.params.keys()
+  out_b, out_f = bswa(tok), full(tok)
+  assert max_abs(out_b, out_f) <= TOL
+  ref_f, _ = R.forward(full.cfg, full.params, tok)
+  assert max_abs(out_b, ref_f) <= TOL
+
+
+def test_fam_state_and_position_offset():
+  """Start from given FAM states (per batch element) with a large Random
+  Position Offset, on local/global layers with two RoPE thetas."""
+  cfg = gemma_cfg("fam", 4, 2, 2)
+  batch, length = 2, 13
+  fast = fast_for(cfg)
+  tok = tokens(batch, length)
+  phi = jnp.asarray(np.random.default_rng(3).standard_normal(
+      (cfg.num_layers, batch, cfg.attention.fam_length, cfg.d_model)),
+                    jnp.float32)
+  offset = 2 * np.pi * 10000 * 0.61
+  out, state = fast(tok, fam_state=phi, position_offset=jnp.float32(offset),
+                    return_state=True)
+  ref, ref_state = R.forward(cfg, fast.params, tok, fam_state=phi,
+                             position_offset=offset)
+  assert max_abs(out, ref) <= TOL
+  assert max_abs(state["fam_state"], ref_state) <= TOL
+  # the given state matters (non-vacuity) ...
+  plain = fast(tok)
+  assert max_abs(plain, out) > 1e-3
+  # ... and RoPE sees position differences only: the offset changes nothing
+  ref0, ref0_state = R.forward(cfg, fast.params, tok, fam_state=phi)
+  assert max_abs(ref0, out) <= TOL
+  assert max_abs(ref0_state, state["fam_state"]) <= TOL
+
+
+def test_gradients_match_reference():
+  """Gradients of a scalar loss with respect to every parameter flow through
+  the whole FAM chain (no stop-gradient at block boundaries) as through the
+  block-outer reference.
+
+  The reference side is float64 central differences of the numpy reference
+  along random directions, one set per parameter tensor (a jitted jax.grad
+  of the unrolled reference costs ~30 s of XLA compile on a small CPU; the
+  directional derivatives cost ~1 s and do not share autodiff with the
+  fast path). Each tensor is probed along its own gradient and along
+  random directions. m = 0, so blocks talk only through the FAM chain;
+  qkv bias and an untied head give every parameter kind of the Llama family.
+  """
+  cfg = llama_cfg("fam", 4, 0, 2, qkv_bias=True)
+  batch, length = 2, 10
+  fast = fast_for(cfg)
+  tok = tokens(batch, length)
+  w = np.random.default_rng(7).standard_normal((batch, length, VOCAB))
+
+  logits, g_fast = fast.value_and_grad(
+      lambda lg: jnp.mean(lg * jnp.asarray(w, jnp.float32)), tok)
+  ref_logits, _ = R.forward(cfg, fast.params, tok)
+  assert max_abs(logits, ref_logits) <= TOL
+
+  p64 = jax.tree.map(lambda a: np.asarray(a, np.float64), fast.params)
+  flat_p, treedef = jax.tree_util.tree_flatten_with_path(p64)
+  flat_g = dict(jax.tree_util.tree_flatten_with_path(g_fast)[0])
+  assert set(flat_g) == {k for k, _ in flat_p}
+
+  def loss(leaves):
+    params = jax.tree_util.tree_unflatten(treedef, leaves)
+    return float(np.mean(R.forward(cfg, params, tok)[0] * w))
+
+  base = [v for _, v in flat_p]
+  gnorm_all = np.sqrt(sum(float(np.sum(np.square(g))) for g in flat_g.values()))
+  rng = np.random.default_rng(11)
+  for i, (key, value) in enumerate(flat_p):
+    g = np.asarray(flat_g[key], np.float64)
+    assert g.shape == value.shape, key
+    gnorm = float(np.linalg.norm(g))
+    if "fam_prompt" in jax.tree_util.keystr(key):
+      # the prompt reaches the loss only through the FAM chain
+      assert gnorm > 1e-3 * gnorm_all, gnorm
+    dirs = [g / gnorm] if gnorm > 0 else []
+    dirs += [rng.standard_normal(g.shape) for _ in range(2)]
+    for u in dirs:
+      u = u / np.linalg.norm(u)
+      eps = 1e-4 * max(1.0, float(np.max(np.abs(value))))
+      plus = list(base)
+      minus = list(base)
+      plus[i] = value + eps * u
+      minus[i] = value - eps * u
+      fd = (loss(plus) - loss(minus)) / (2 * eps)
+      got = float(np.sum(g * u))
+      tol = 1e-4 * max(gnorm, 1e-2 * gnorm_all)
+      assert abs(got - fd) <= tol, (jax.tree_util.keystr(key), got, fd, tol)

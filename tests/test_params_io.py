@@ -1,0 +1,75 @@
+"""Model directories: round trip, atomic writes, clear errors."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from famjax import AttentionConfig, params_io
+from tests.helpers import perturbed_model, tiny_config
+
+
+def test_round_trip_and_switch_to_fam(tmp_path):
+  cfg = tiny_config("full")
+  model = perturbed_model(cfg)
+  path = params_io.save_model_dir(str(tmp_path / "m"), cfg,
+                                  params_io.params_dict(model))
+  cfg2, model2 = params_io.load_model_dir(path)
+  assert cfg2 == cfg
+  tokens = jnp.arange(10)[None] % 40
+  np.testing.assert_array_equal(model(tokens), model2(tokens))
+  # Switching to FAM at load time adds fam_prompt and nothing else.
+  att = AttentionConfig("fam", 4, 1, 2)
+  cfg3, model3 = params_io.load_model_dir(path, attention=att)
+  new = set(params_io.params_dict(model3)) - set(params_io.params_dict(model))
+  assert new == {"fam_prompt"}
+  assert cfg3.attention == att
+  # With m >= n, BSWA reads the same weights and equals full.
+  _, model4 = params_io.load_model_dir(
+      path, attention=AttentionConfig("bswa", 4, 8, 2))
+  np.testing.assert_allclose(model4(tokens), model(tokens), atol=1e-5)
+
+
+def test_existing_output_is_never_overwritten(tmp_path):
+  cfg = tiny_config("full")
+  target = tmp_path / "m"
+  target.mkdir()
+  (target / "keep.txt").write_text("mine")
+  with pytest.raises(FileExistsError, match="not empty"):
+    params_io.save_model_dir(str(target), cfg,
+                             params_io.params_dict(perturbed_model(cfg)))
+  assert (target / "keep.txt").read_text() == "mine"
+  assert sorted(os.listdir(tmp_path)) == ["m"]      # no temp dir left behind
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+  cfg = tiny_config("full")
+  bad = {"embed": {"embedding": object()}}           # cannot be saved
+  with pytest.raises(Exception):
+    params_io.save_model_dir(str(tmp_path / "m"), cfg, bad)
+  assert os.listdir(tmp_path) == []
+
+
+def test_wrong_shapes_and_missing_dirs_are_named(tmp_path):
+  cfg = tiny_config("full")
+  path = params_io.save_model_dir(str(tmp_path / "m"), cfg,
+                                  params_io.params_dict(perturbed_model(cfg)))
+  with pytest.raises(ValueError, match=r"weight layers\.\w+\.kernel has shape \(2, 32, 2, 8\), the model expects \(2, 32, 2, 16\)"):
+    params_io.load_model_dir(path, num_heads=2, num_kv_heads=2)
+  with pytest.raises(FileNotFoundError, match="config.json is missing"):
+    params_io.load_model_dir(str(tmp_path / "nope"))
+
+
+def test_corrupt_weights_are_reported(tmp_path):
+  cfg = tiny_config("full")
+  path = params_io.save_model_dir(str(tmp_path / "m"), cfg,
+                                  params_io.params_dict(perturbed_model(cfg)))
+  for root, _, files in os.walk(os.path.join(path, "params")):
+    for f in files:
+      p = os.path.join(root, f)
+      if os.path.getsize(p) > 64:
+        with open(p, "r+b") as fh:
+          fh.truncate(16)
+  with pytest.raises(ValueError, match="corrupt or incomplete"):
+    params_io.load_model_dir(path)
