@@ -1,0 +1,5 @@
+import sys
+
+from famjax.train.main import main
+
+sys.exit(main())
