@@ -145,6 +145,14 @@ def load_model_dir(path: str, *, attention: Optional[AttentionConfig] = None,
                           allow_new=True)
 
 
+def _refuse_unknown(flat_src, flat_model, source):
+  extra = sorted(".".join(map(str, k)) for k in flat_src
+                 if k not in flat_model and k[0] != "fam_prompt")
+  if extra:
+    raise ValueError(f"{source}: weights {extra[:5]} do not exist in the model "
+                     "(wrong architecture or config?).")
+
+
 def _is_new_weight(key) -> bool:
   """Weights a checkpoint may lack: fam_prompt (switching to FAM), LoRA."""
   return key[0] == "fam_prompt" or any("lora" in str(k) for k in key)
@@ -163,11 +171,7 @@ def build_model(cfg: ModelConfig, params: dict, *, source: str = "checkpoint",
   model = nnx.eval_shape(make)
   flat_model = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
   flat_src = dict(_flatten(params))
-  extra = sorted(".".join(map(str, k)) for k in flat_src
-                 if k not in flat_model and k[0] != "fam_prompt")
-  if extra:
-    raise ValueError(f"{source}: weights {extra[:5]} do not exist in the model "
-                     "(wrong architecture or config?).")
+  _refuse_unknown(flat_src, flat_model, source)
   missing = [k for k in flat_model if k not in flat_src]
   for key in missing:
     if not (allow_new and _is_new_weight(key)):
@@ -197,11 +201,7 @@ def assign_params(model, params: dict, source: str = "checkpoint"):
   """
   flat_model = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
   flat_src = dict(_flatten(params))
-  extra = sorted(".".join(map(str, k)) for k in flat_src
-                 if k not in flat_model and k[0] != "fam_prompt")
-  if extra:
-    raise ValueError(f"{source}: weights {extra[:5]} do not exist in the model "
-                     "(wrong architecture or config?).")
+  _refuse_unknown(flat_src, flat_model, source)
   for key, var in flat_model.items():
     name = ".".join(map(str, key))
     if key not in flat_src:
