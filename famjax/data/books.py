@@ -129,7 +129,7 @@ def moby_dick(root: str) -> List[Tuple[str, str, str]]:
   if "mobydick" not in data:
     return []
   return [("melville_moby_dick", "Moby Dick (Herman Melville)",
-           "\n".join(_strings(data["mobydick"])))]
+           strip_gutenberg("\n".join(_strings(data["mobydick"]))))]
 
 
 def _sword_blocks(path: str) -> List[str]:
@@ -149,19 +149,36 @@ def _sword_blocks(path: str) -> List[str]:
 
 
 def _strip_markup(text: str) -> str:
-  text = re.sub(r"<note[^>]*>.*?</note>", " ", text, flags=re.S)
-  text = re.sub(r"<[^>]+>", " ", text)
-  return re.sub(r"[ \t]+", " ", text)
+  """OSIS markup -> plain text: paragraphs and titles on their own."""
+  text = re.sub(r"<note[^>]*>.*?</note>", "", text, flags=re.S)
+  text = re.sub(r"<title[^>]*>(.*?)</title>", r"\n\n\1\n\n", text,
+                flags=re.S)
+  text = re.sub(r'<div [^>]*type="x-p"[^>]*/>', "\n\n", text)
+  text = re.sub(r"<[^>]+>", "", text)
+  text = re.sub(r"[ \t]+([,.;:!?’”)])", r"\1", text)
+  text = re.sub(r"([“‘(])[ \t]+", r"\1", text)
+  lines = (" ".join(line.split()) for line in text.split("\n"))
+  return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def strip_gutenberg(text: str) -> str:
+  """The book between Project Gutenberg's START and END lines, if any."""
+  start = re.search(r"\*\*\* ?START OF[^\n]*\n", text)
+  end = re.search(r"\*\*\* ?END OF", text)
+  if start and end and start.end() < end.start():
+    return text[start.end():end.start()].strip() + "\n"
+  return text
 
 
 def bible(root: str) -> List[Tuple[str, str, str]]:
-  base = _find(["/usr/share/sword/modules/texts/ztext/web"], root)
+  base = _find(["/usr/share/sword/modules/texts/ztext/engWEB*",
+                "/usr/share/sword/modules/texts/ztext/web"], root)
   if not base:
     return []
   parts = [_strip_markup(b) for vol in ("ot.bzz", "nt.bzz")
            if os.path.exists(os.path.join(base, vol))
            for b in _sword_blocks(os.path.join(base, vol))]
-  return [("web_bible", "World English Bible", "\n".join(parts))] if parts \
+  return [("web_bible", "World English Bible", "\n\n".join(parts))] if parts \
       else []
 
 

@@ -258,3 +258,81 @@ def register_eval_suite(vocab: Union[str, seqio.Vocabulary], vocab_name: str,
     if tasks:
       add_mixture(f"{suite}_{vocab_name}", tasks)
   return [t for ts in names.values() for t in ts]
+
+
+def parse_task_name(name: str):
+  """'passkey_smollm2_4k' -> ('passkey', 'smollm2', 4096); a mixture name
+  'ruler_smollm2' -> ('ruler', 'smollm2', None); None if not suite-shaped."""
+  from famjax.data import tfds_tasks
+  known = (list(FAMILIES) + list(LM_FAMILIES) + list(tfds_tasks.FAMILIES)
+           + list(SUITES))
+  for family in sorted(known, key=len, reverse=True):
+    if not name.startswith(family + "_"):
+      continue
+    rest = name[len(family) + 1:].split("_")
+    if len(rest) == 1 and rest[0]:
+      return family, rest[0], None
+    if len(rest) == 2 and rest[0]:
+      try:
+        return family, rest[0], eval_info.parse_length(rest[1])
+      except ValueError:
+        return None
+  return None
+
+
+def ensure_registered(name: str, vocab: Union[str, seqio.Vocabulary],
+                      lengths: Sequence[int] = DEFAULT_LENGTHS) -> bool:
+  """Register the suite for `vocab` (e.g. a model directory) under the
+  vocabulary name that task/mixture `name` carries, when `name` is not
+  registered yet; adds the length named in `name` to `lengths`. Returns
+  True if it registered anything.
+
+  `ensure_registered("passkey_smollm2_16k", model_dir)` registers
+  `..._smollm2_...` tasks with the model's own tokenizer.
+  """
+  if name in seqio.TaskRegistry.names() or \
+      name in seqio.MixtureRegistry.names():
+    return False
+  parsed = parse_task_name(name)
+  if parsed is None:
+    return False
+  _, vocab_name, length = parsed
+  lengths = sorted(set(lengths) | ({length} if length else set()))
+  register_eval_suite(vocab, vocab_name, lengths)
+  return True
+
+
+def main(argv=None) -> int:
+  """`python -m famjax.data.eval_tasks TASK [--index I]`: print an example."""
+  import argparse
+  import sys
+  from famjax.data import tasks  # noqa: F401  (the byte suite)
+  ap = argparse.ArgumentParser(prog="python -m famjax.data.eval_tasks",
+                               description=main.__doc__)
+  ap.add_argument("task", help="a registered eval task, e.g. passkey_byte_1k")
+  ap.add_argument("--index", type=int, default=0)
+  args = ap.parse_args(argv)
+  if args.task not in eval_info.TASK_INFO:
+    close = [n for n in sorted(eval_info.TASK_INFO)
+             if n.split("_")[0] == args.task.split("_")[0]][:8]
+    print(f"error: {args.task!r} is not a registered eval task"
+          + (f"; e.g. {', '.join(close)}" if close else ""), file=sys.stderr)
+    return 2
+  task = seqio.get_mixture_or_task(args.task)
+  ds = task.get_dataset(None, split=_VALIDATION, shuffle=False)
+  for i, ex in enumerate(ds.as_numpy_iterator()):
+    if i == args.index:
+      break
+  vocab = task.output_features["targets"].vocabulary
+  for key in ("inputs_pretokenized", "targets_pretokenized"):
+    if key in ex:
+      print(f"--- {key[:-len('_pretokenized')]}:\n{ex[key].decode()}")
+  meta = {k: ex[k].item() for k in ("depth", "length", "context_length")
+          if k in ex}
+  print(f"--- {meta}, target tokens: "
+        f"{len(ex['targets'])} ({vocab.__class__.__name__})")
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())
