@@ -315,3 +315,31 @@ def test_tfds_tasks_on_mock_data(name):
       assert e["targets"][-1] == BYTE.eos_id
       assert BYTE.decode(e["inputs"].tolist()).endswith(
           f"Question: {e['question'].decode()}\nAnswer: ")
+
+
+# ------------------------------------------------------------- registration
+class _CountingByte(seqio.ByteVocabulary):
+  calls = 0
+
+  def _encode(self, s):
+    _CountingByte.calls += 1
+    return super()._encode(s)
+
+
+def test_registering_generates_nothing_and_names_parse(tmp_path):
+  vocab = _CountingByte()
+  names = eval_tasks.register_eval_suite(vocab, "counted", lengths=[1024, 4096])
+  assert _CountingByte.calls == 0
+  assert "niah_multiquery_counted_4k" in names
+  assert "scrolls_narrative_qa_counted_1k" in names
+  assert eval_info.TASK_INFO["cwe_counted_4k"]["inputs_length"] == 4096 - \
+      eval_tasks.targets_length(vocab, "cwe")
+  assert eval_tasks.parse_task_name("scrolls_narrative_qa_counted_4k") == (
+      "scrolls_narrative_qa", "counted", 4096)
+  assert eval_tasks.parse_task_name("ruler_counted") == ("ruler", "counted",
+                                                         None)
+  assert not eval_tasks.ensure_registered("vt_counted_1k", vocab)
+  assert eval_tasks.ensure_registered("vt_other_3000", vocab, lengths=[1024])
+  assert {"vt_other_1k", "vt_other_3000"} <= set(eval_info.TASK_INFO)
+  with pytest.raises(ValueError, match="vocab_name"):
+    eval_tasks.register_eval_suite(vocab, "has_underscore")

@@ -6,8 +6,8 @@ extracts the books of the Debian packages that are installed (Jane Austen's
 six novels from r-cran-janeaustenr, Moby Dick from r-cran-tokenizers, the
 World English Bible from sword-text-web, the Jargon File from jargon-text)
 into plain UTF-8 `DIR/<id>.txt` files and writes `DIR/manifest.json`.
-Tasks read the directory named by `set_books_dir` (gin:
-`famjax.data.books.set_books_dir.path`), else `$FAMJAX_BOOKS_DIR`, else
+Tasks read the directory named by the gin binding
+`famjax.data.books.books_dir.path`, else `$FAMJAX_BOOKS_DIR`, else
 ~/.cache/famjax/books.
 
 The R packages keep their data in lazy-load databases: `Rdata.rdx` (the
@@ -39,18 +39,13 @@ AUSTEN = {"sensesensibility": "Sense and Sensibility",
           "prideprejudice": "Pride and Prejudice",
           "mansfieldpark": "Mansfield Park", "emma": "Emma",
           "northangerabbey": "Northanger Abbey", "persuasion": "Persuasion"}
-_DIR: List[Optional[str]] = [None]
 
 
 @gin.configurable
-def set_books_dir(path: Optional[str] = None) -> Optional[str]:
-  """Use `path` as the prepared books directory (None: env / default)."""
-  _DIR[0] = path
-  return path
-
-
-def books_dir() -> str:
-  return os.path.expanduser(_DIR[0] or os.environ.get(ENV) or DEFAULT_DIR)
+def books_dir(path: Optional[str] = None) -> str:
+  """The prepared books directory: `path` (gin: books_dir.path), else
+  $FAMJAX_BOOKS_DIR, else ~/.cache/famjax/books."""
+  return os.path.expanduser(path or os.environ.get(ENV) or DEFAULT_DIR)
 
 
 # ------------------------------------------------------------ R databases
@@ -232,14 +227,17 @@ def check_books_dir(path: Optional[str] = None) -> str:
   if not os.path.isfile(os.path.join(path, "manifest.json")):
     raise ValueError(
         f"no prepared books at {path} (set {ENV} or gin "
-        f"set_books_dir.path): run `{PREPARE.replace('DIR', path)}` first")
+        f"books_dir.path): run `{PREPARE.replace('DIR', path)}` first")
   return path
 
 
-@functools.lru_cache(maxsize=4)
 def load_books(path: Optional[str] = None) -> Tuple[Tuple[str, str], ...]:
   """((id, text), ...) of the prepared books, in manifest order."""
-  path = check_books_dir(path)
+  return _load_books(check_books_dir(path))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_books(path: str) -> Tuple[Tuple[str, str], ...]:
   with open(os.path.join(path, "manifest.json")) as fh:
     manifest = json.load(fh)
   out = []
@@ -252,11 +250,15 @@ def load_books(path: Optional[str] = None) -> Tuple[Tuple[str, str], ...]:
 _SENT = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'])")
 
 
-@functools.lru_cache(maxsize=4)
 def sentences(path: Optional[str] = None) -> Tuple[str, ...]:
   """All book sentences (whitespace collapsed, each ending in a space)."""
+  return _sentences(check_books_dir(path))
+
+
+@functools.lru_cache(maxsize=4)
+def _sentences(path: str) -> Tuple[str, ...]:
   out = []
-  for _, text in load_books(path):
+  for _, text in _load_books(path):
     for para in re.split(r"\n\s*\n", text):
       para = " ".join(para.split())
       out += [s + " " for s in _SENT.split(para) if len(s) > 1]
