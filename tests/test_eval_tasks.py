@@ -294,6 +294,9 @@ def test_lm_position_metrics_by_hand():
   only_lp = m.lm_position_metrics([None], [lp1])
   assert "next_token_accuracy" not in only_lp
   assert only_lp["perplexity@tokens=1k-4k"] == pytest.approx(np.exp(2.0))
+  padded = np.full((2, 1500), np.nan, np.float32)
+  padded[:, :3] = s2
+  assert m.lm_position_metrics([None, None], [s1, padded]) == got
 
 
 # --------------------------------------------------------------------- TFDS
@@ -343,3 +346,47 @@ def test_registering_generates_nothing_and_names_parse(tmp_path):
   assert {"vt_other_1k", "vt_other_3000"} <= set(eval_info.TASK_INFO)
   with pytest.raises(ValueError, match="vocab_name"):
     eval_tasks.register_eval_suite(vocab, "has_underscore")
+
+
+# ----------------------------------------------------- through seqio.Evaluator
+def _oracle(task_ds, hit_every=1):
+  """predict_fn answering from the task's own targets (every hit_every-th
+  one right, the others 'wrong')."""
+  answers = [e["targets"][:-1].tolist() for e in task_ds.as_numpy_iterator()]
+
+  def predict_fn(ds):
+    return [(i, a if i % hit_every == 0 else BYTE.encode("wrong"))
+            for i, a in enumerate(answers)]
+  return predict_fn
+
+
+def test_seqio_evaluator_metrics_per_depth_and_bucket(books_dir, monkeypatch):
+  monkeypatch.setenv(books.ENV, books_dir)
+  eval_tasks.register_eval_suite(BYTE, "ev", lengths=[1200],
+                                 families=["passkey", "book_lm"],
+                                 num_examples=10)
+  lengths = eval_info.feature_lengths("passkey_ev_1200")
+  ev = seqio.Evaluator("passkey_ev_1200",
+                       seqio.PrefixLMFeatureConverter(pack=False),
+                       sequence_length=lengths)
+  predict = _oracle(ev.cached_task_datasets["passkey_ev_1200"], hit_every=2)
+  metrics, _ = ev.evaluate(compute_metrics=True, predict_fn=predict)
+  got = metrics.result()["passkey_ev_1200"]
+  # Examples 0, 2, 4, 6, 8 are right: depths 0, .5, 1, .25, .75 (i % 5).
+  assert got["accuracy"] == 50.0 and got["exact_match"] == 50.0
+  for d in eval_tasks.DEFAULT_DEPTHS:
+    assert got[f"accuracy@depth={d:.2f}"] == 50.0
+  ev = seqio.Evaluator("book_lm_ev_1200",
+                       seqio.DecoderFeatureConverter(pack=False),
+                       sequence_length=eval_info.feature_lengths(
+                           "book_lm_ev_1200"))
+
+  def score_fn(ds):
+    n = 1200   # log-prob -1 before position 1024, -3 after; argmax never
+    s = np.stack([np.where(np.arange(n) < 1024, -1.0, -3.0), np.zeros(n)])
+    return [(i, s) for i in range(10)]
+  metrics, _ = ev.evaluate(compute_metrics=True, score_fn=score_fn)
+  got = metrics.result()["book_lm_ev_1200"]
+  assert got["perplexity@tokens=0-1k"] == pytest.approx(np.e)
+  assert got["perplexity@tokens=1k-4k"] == pytest.approx(np.e ** 3)
+  assert got["next_token_accuracy"] == 0.0

@@ -4,7 +4,8 @@ Targets reach the metrics as dicts built by `postprocess` from each example
 ({"answer", "answers", "depth", "length", "context_length"}); predictions
 as stripped strings; scores as one array per example of shape
 [2, n_target_tokens] (row 0: log-probabilities of the target tokens, row 1:
-1.0 where the model's argmax was the target token) or [n] (log-probs only).
+1.0 where the model's argmax was the target token) or [n] (log-probs only);
+trailing NaN columns are padding (lets ragged scores form one array).
 
 * `needle_accuracy`  "accuracy" (the answer appears in the prediction, as
   RULER scores it), "exact_match", and "accuracy@depth=0.25"-style keys.
@@ -138,12 +139,14 @@ def bucket_name(lo: int, hi: int) -> str:
 
 def _rows(score) -> Tuple[np.ndarray, np.ndarray]:
   s = np.asarray(score, dtype=np.float64)
-  if s.ndim == 1:
-    return s, None
-  if s.ndim != 2 or s.shape[0] != 2:
+  if s.ndim not in (1, 2) or (s.ndim == 2 and s.shape[0] != 2):
     raise ValueError(f"score arrays must have shape [n] or [2, n], got "
                      f"{s.shape}")
-  return s[0], s[1]
+  lp = s if s.ndim == 1 else s[0]
+  n = int(np.sum(~np.isnan(lp)))   # NaN: padding after the last token
+  if np.isnan(lp[:n]).any():
+    raise ValueError("NaN log-probabilities before the end of a sequence")
+  return lp[:n], (None if s.ndim == 1 else s[1][:n])
 
 
 def lm_position_metrics(targets, scores) -> Dict[str, float]:

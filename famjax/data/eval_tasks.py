@@ -313,10 +313,12 @@ def main(argv=None) -> int:
   ap.add_argument("--index", type=int, default=0)
   args = ap.parse_args(argv)
   if args.task not in eval_info.TASK_INFO:
-    close = [n for n in sorted(eval_info.TASK_INFO)
-             if n.split("_")[0] == args.task.split("_")[0]][:8]
+    import difflib
+    close = difflib.get_close_matches(args.task, sorted(eval_info.TASK_INFO),
+                                      n=6, cutoff=0.5)
     print(f"error: {args.task!r} is not a registered eval task"
-          + (f"; e.g. {', '.join(close)}" if close else ""), file=sys.stderr)
+          + (f"; close matches: {', '.join(close)}" if close else ""),
+          file=sys.stderr)
     return 2
   task = seqio.get_mixture_or_task(args.task)
   ds = task.get_dataset(None, split=_VALIDATION, shuffle=False)
