@@ -390,3 +390,11 @@ def test_seqio_evaluator_metrics_per_depth_and_bucket(books_dir, monkeypatch):
   assert got["perplexity@tokens=0-1k"] == pytest.approx(np.e)
   assert got["perplexity@tokens=1k-4k"] == pytest.approx(np.e ** 3)
   assert got["next_token_accuracy"] == 0.0
+
+
+def test_show_cli(capsys):
+  assert eval_tasks.main(["passkey_byte_1k", "--index", "1"]) == 0
+  out = capsys.readouterr().out
+  assert "What is the pass key? The pass key is" in out and "'depth': 0.25" in out
+  assert eval_tasks.main(["passkey_byt_1k"]) == 2
+  assert "close matches: passkey_byte_1k" in capsys.readouterr().err
