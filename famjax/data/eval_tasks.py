@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
@@ -227,8 +228,7 @@ def register_eval_suite(vocab: Union[str, seqio.Vocabulary], vocab_name: str,
   from famjax.data import lm_tasks, tfds_tasks
   if isinstance(vocab, str):
     vocab = get_vocabulary(vocab)
-  if not vocab_name or not vocab_name.replace("-", "").replace(".", "")\
-      .isalnum() or "_" in vocab_name:
+  if not re.fullmatch(r"[A-Za-z0-9.-]+", vocab_name or ""):
     raise ValueError(f"vocab_name must be a short name without '_', got "
                      f"{vocab_name!r}")
   known = list(FAMILIES) + list(LM_FAMILIES) + list(tfds_tasks.FAMILIES)
@@ -248,8 +248,10 @@ def register_eval_suite(vocab: Union[str, seqio.Vocabulary], vocab_name: str,
         t = lm_tasks.register_book_lm_task(
             vocab, vocab_name, length, num_examples=num_examples, seed=seed,
             books_path=books_path)
-      else:
+      elif tfds_tasks.fits(family, length):
         t = tfds_tasks.register_tfds_task(family, vocab, vocab_name, length)
+      else:
+        continue  # shorter than the answer tokens SCROLLS reserves
       names.setdefault(family, []).append(t.name)
   for family, tasks in names.items():
     add_mixture(f"{family}_{vocab_name}", tasks)

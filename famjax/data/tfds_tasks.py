@@ -78,6 +78,11 @@ def _pg19(dataset, sequence_length=None, output_features=None, *, length):
   return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
 
 
+def fits(family: str, length: int) -> bool:
+  """Whether `length` leaves room for a document besides the answer."""
+  return FAMILIES[family][1] == "score" or length > 2 * FAMILIES[family][2]
+
+
 def register_tfds_task(family: str, vocab, vocab_name: str,
                        length: int) -> seqio.Task:
   """Register `<family>_<vocab_name>_<length>` over its TFDS dataset."""
@@ -97,7 +102,7 @@ def register_tfds_task(family: str, vocab, vocab_name: str,
     metric = eval_metrics.lm_position_metrics
     info = dict(targets_length=length)
   else:
-    if length <= 2 * t_len:
+    if not fits(family, length):
       raise ValueError(f"length {length} is too short for {family}")
     preprocessors = [
         functools.partial(_scrolls, vocab=vocab, inputs_length=length - t_len,
