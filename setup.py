@@ -15,6 +15,7 @@ setup(
         "orbax-checkpoint==0.12.8",
         "seqio==0.0.20",
         "tensorflow==2.21.0",
+        "tensorflow-datasets==4.9.10",
         "gin-config==0.5.0",
         "numpy>=2.0",
         "safetensors==0.8.0",
@@ -22,6 +23,7 @@ setup(
         "tokenizers==0.23.3",
         "tensorboardX==2.6.5",
         "tqdm",
+        "rdata==1.1.0",
     ],
     extras_require={
         "test": [

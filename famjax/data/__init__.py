@@ -9,6 +9,7 @@ _LAZY = {
     "get_vocabulary": "famjax.data.vocab",
     "register_passkey_task": "famjax.data.tasks",
     "register_synthetic_task": "famjax.data.tasks",
+    "register_eval_suite": "famjax.data.eval_tasks",
 }
 
 

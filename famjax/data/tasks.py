@@ -15,6 +15,10 @@ Default tasks (byte vocabulary, need no files or downloads):
 
 Metrics: `exact_match` on decoded predictions, `target_log_likelihood` on
 scores.
+
+The evaluation suite for the byte vocabulary (`passkey_byte_2k`,
+`ruler_byte`, ...; see `famjax.data.eval_tasks` and docs/evals.md) is
+registered here too.
 """
 from __future__ import annotations
 
@@ -276,6 +280,9 @@ def register_defaults():
   register_synthetic_task("variable_tracking_byte", byte,
                           generator="variable_tracking")
   register_pylib_lm_task("pylib_lm_byte", byte)
+  # The long-context eval suite (famjax.data.eval_tasks; docs/evals.md).
+  from famjax.data import eval_tasks
+  eval_tasks.register_eval_suite(byte, "byte")
 
 
 register_defaults()
