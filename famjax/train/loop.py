@@ -179,7 +179,25 @@ class TrainLoop:
       ckpt_lib.remove_run(self.model_dir)
     self.ckpts = ckpt_lib.Checkpoints(self.model_dir, keep=o.keep_checkpoints,
                                       async_save=o.async_checkpoints)
-    resuming = bool(self.ckpts.steps())
+    self.it = None
+    try:
+      self._build(bool(self.ckpts.steps()))
+    except BaseException:
+      self.ckpts.close()
+      if self.it is not None:
+        build.close_iterator(self.it)
+      raise
+    self.gin_text = gin.config_str()
+    self.step_num = self.start
+    self.due = []                      # (step, metrics) not yet written
+    self.window = collections.deque(maxlen=21)    # (time, tokens) of steps
+    self.summary = {"start_step": self.start}
+
+  # ------------------------------------------------------------ building
+  def _build(self, resuming: bool):
+    """Train state (restored when resuming), data iterator, step functions,
+    metrics writer."""
+    o = self.o
     if resuming and o.load_params_from:
       log.info("%s has checkpoints: resuming; train.load_params_from=%s is "
                "ignored.", self.model_dir, o.load_params_from)
@@ -191,18 +209,12 @@ class TrainLoop:
     self.start, data_state = self._restore() if resuming else (0, None)
     self.saved = {self.start} if resuming else set()
     self._open_data(data_state)
-    self._compile_steps()
+    self._make_steps()
     self.writer = MetricsWriter(
         self.model_dir, start_step=self.start, num_steps=o.num_steps,
         tensorboard=o.tensorboard, progress_bar=o.progress_bar,
         enabled=self.chief)
-    self.gin_text = gin.config_str()
-    self.step_num = self.start
-    self.due = []                      # (step, metrics) not yet written
-    self.window = collections.deque(maxlen=21)    # (time, tokens) of steps
-    self.summary = {"start_step": self.start}
 
-  # ------------------------------------------------------------ building
   def _restore(self):
     """(step, this process's data state) of the newest readable checkpoint;
     the train state is restored into self.state."""
@@ -227,7 +239,7 @@ class TrainLoop:
     if data_state is not None:
       self.it.set_state(data_state)
 
-  def _compile_steps(self):
+  def _make_steps(self):
     b = self.built
     self.step_fn = trainer.make_train_step(
         b.model, b.tx, b.schedule, b.keys, self.step_cfg,
