@@ -5,13 +5,12 @@ A LoRA projection (`famjax.layers.Dense` with lora_rank r) computes
 so a fine-tuned model can be saved and served as a plain model.
 
 `trainable_mask(params, "lora")` marks the LoRA weights and the FAM prompt
-(the paper fine-tunes both); `masked_optimizer` turns a mask into an optax
-transform that leaves every other parameter bit-identical.
+(the paper fine-tunes both); the trainer (`train.trainable = 'lora'`)
+optimizes only those and leaves every other parameter bit-identical.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import jax
@@ -78,7 +77,7 @@ def trainable_mask(params: Any, mode: str = "all"):
 
   mode "all": every parameter; "lora": only lora_a / lora_b and fam_prompt.
   Works on nested dicts and on `nnx.State` alike (the mask has the input's
-  tree structure, ready for `optax.multi_transform` / `masked_optimizer`).
+  tree structure).
   """
   if mode not in MASK_MODES:
     raise ValueError(f"trainable_mask: mode={mode!r} must be one of {MASK_MODES}.")
@@ -93,25 +92,3 @@ def trainable_mask(params: Any, mode: str = "all"):
     raise ValueError("trainable_mask(mode='lora'): the parameters hold no LoRA "
                      "weights and no fam_prompt; set ModelConfig.lora_rank > 0.")
   return mask
-
-
-def masked_optimizer(tx, mask):
-  """`tx` on the parameters where `mask` is True; the rest never change.
-
-  (`optax.masked` alone would pass the raw gradient through to the frozen
-  parameters; this zeroes their updates and keeps no optimizer state for
-  them.)
-  """
-  import optax  # pylint: disable=g-import-not-at-top
-  labels = jax.tree.map(lambda m: "train" if m else "freeze", mask)
-  return optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()},
-                               labels)
-
-
-def count_params(params, mask=None) -> int:
-  """Number of scalars in `params` (where `mask` is True, if given)."""
-  leaves = jax.tree.leaves(params)
-  if mask is None:
-    return int(sum(math.prod(np.shape(x)) for x in leaves))
-  return int(sum(math.prod(np.shape(x)) for x, m in
-                 zip(leaves, jax.tree.leaves(mask)) if m))

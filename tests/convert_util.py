@@ -2,10 +2,13 @@
 explicit BSWA masks for transformers, a tiny tokenizer and tiny GGUF files."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 
 import numpy as np
+
+from tests import helpers
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -130,8 +133,7 @@ def famjax_greedy(model, ids, new):
   return [int(t) for t in seq]
 
 
-def tokens(batch, length, seed=0, vocab=VOCAB):
-  return np.random.RandomState(seed).randint(0, vocab, (batch, length))
+tokens = functools.partial(helpers.tokens, vocab=VOCAB)
 
 
 # ------------------------------------------------------------ BSWA masks

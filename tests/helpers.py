@@ -141,9 +141,10 @@ def _stream(graphdef, state, stream_state, tokens):
   return nnx.merge(graphdef, state).stream(stream_state, tokens)
 
 
-def tokens(batch, length, seed=0):
+def tokens(batch, length, seed=0, vocab=VOCAB):
+  """Random token ids [batch, length] (int32) below `vocab`."""
   return np.random.default_rng(1000 + seed).integers(
-      0, VOCAB, size=(batch, length)).astype(np.int32)
+      0, vocab, size=(batch, length)).astype(np.int32)
 
 
 def max_abs(a, b):
@@ -173,8 +174,22 @@ def perturbed_model(cfg, seed=0, scale=0.3):
   return model
 
 
+_JIT_FORWARD = {}
+
+
 def jit_forward(model):
-  """A jitted whole-sequence forward of `model` (one compile per shape)."""
+  """A jitted whole-sequence forward of `model` (one compile per model
+  structure and shape)."""
   gdef, state = nnx.split(model)
-  fn = jax.jit(lambda s, t: nnx.merge(gdef, s)(t))
+  if gdef not in _JIT_FORWARD:
+    _JIT_FORWARD[gdef] = jax.jit(lambda s, t: nnx.merge(gdef, s)(t))
+  fn = _JIT_FORWARD[gdef]
   return lambda tokens: fn(state, tokens)
+
+
+def free_port() -> int:
+  """A TCP port on localhost that is free now (for jax.distributed)."""
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]

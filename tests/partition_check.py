@@ -18,21 +18,12 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from famjax import partitioning as pt
-from famjax.config import AttentionConfig, ModelConfig
 from famjax.model import Transformer
+from tests.helpers import tiny_config, tokens
 
 
 def tiny(mode, **kw):
-  return ModelConfig(
-      vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2,
-      ffn_dim=48, **kw,
-      attention=AttentionConfig(mode=mode, block_size=8, memory_segments=1,
-                                fam_length=4))
-
-
-def tokens(b, t, seed=0):
-  return np.asarray(jax.random.randint(jax.random.key(seed), (b, t), 0, 64),
-                    np.int32)
+  return tiny_config(mode, block=8, f=4, vocab_size=64, ffn_dim=48, **kw)
 
 
 def logits_fn(gdef):
@@ -52,7 +43,7 @@ def mesh8(out_path):
   report = {"num_devices": jax.device_count(), "seconds": {}}
   tick = lambda name: report["seconds"].__setitem__(name, round(time.time() - t0, 1))
   mesh = pt.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-  x = tokens(4, 20)
+  x = tokens(4, 20, vocab=64)
   for mode in ("full", "fam"):
     model = Transformer(tiny(mode, lora_rank=2), rngs=nnx.Rngs(0))
     gdef, state = nnx.split(model)
@@ -85,7 +76,7 @@ def mesh8(out_path):
     loss, g = jax.value_and_grad(loss_fn)(state)
     return jax.tree.map(lambda p, d: p - 0.5 * d, state, g), loss, g
 
-  xs = tokens(4, 21, seed=1)
+  xs = tokens(4, 21, seed=1, vocab=64)
   new0, loss0, g0 = jax.jit(step)(state, xs)
   tick("ref_step")
   repl = NamedSharding(mesh, P())
@@ -118,7 +109,7 @@ def multihost(out_path, pid, port):
   mesh = pt.make_mesh({"data": 1, "fsdp": 2, "tensor": 2})
   model = Transformer(tiny("fam"), rngs=nnx.Rngs(0))
   gdef, state = nnx.split(model)
-  x = tokens(4, 20)
+  x = tokens(4, 20, vocab=64)
   # Reference: this process alone, on one of its own devices.
   want = np.asarray(jax.jit(logits_fn(gdef))(state, x))
   shardings = pt.param_shardings(state, mesh)

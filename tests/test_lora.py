@@ -1,42 +1,29 @@
 """LoRA: config checks, merge == unmerged, masked training, checkpoint loading."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 from flax import nnx
 
 from famjax import lora
-from famjax.config import AttentionConfig, ModelConfig
+from famjax.config import ModelConfig
 from famjax.model import Transformer
 from famjax.params_io import assign_params, params_dict
+from famjax.train import trainer
+from tests.helpers import jit_forward, tiny_config, tokens
 
 
 def tiny(**kw):
-  base = dict(vocab_size=64, d_model=32, num_layers=2, num_heads=4,
-              num_kv_heads=2, ffn_dim=48,
-              attention=AttentionConfig(mode="fam", block_size=8,
-                                        memory_segments=1, fam_length=4))
-  base.update(kw)
-  return ModelConfig(**base)
+  return tiny_config("fam", block=8, f=4, vocab_size=64, ffn_dim=48, **kw)
 
 
 CFG = tiny(lora_rank=4, lora_alpha=8.0)     # the LoRA model of most tests
 # LoRA is independent of the attention mode; full attention compiles fastest.
 CFG_FULL = CFG.with_attention(mode="full")
-_FWD = {}
 
 
 def forward(model, x):
-  """Jitted logits (one compile per model structure)."""
-  gdef, state = nnx.split(model)
-  if gdef not in _FWD:
-    _FWD[gdef] = jax.jit(lambda s, x: nnx.merge(gdef, s)(x))
-  return _FWD[gdef](state, x)
-
-
-def tokens(b=2, t=20, seed=0):
-  return jax.random.randint(jax.random.key(seed), (b, t), 0, 64)
+  return jit_forward(model)(x)
 
 
 def randomize_lora_b(model, seed=1):
@@ -98,7 +85,7 @@ def test_merged_model_matches_lora_model():
   cfg = CFG_FULL
   model = Transformer(cfg, rngs=nnx.Rngs(0))
   randomize_lora_b(model)
-  x = tokens()
+  x = tokens(2, 20, vocab=64)
   want = forward(model, x)
   merged, cfg0 = lora.merge_lora(params_dict(model), cfg)
   assert cfg0.lora_rank == 0 and cfg0.lora_alpha == cfg.lora_alpha
@@ -137,31 +124,38 @@ def test_lora_mask_training_leaves_base_weights_identical():
       nnx.state(Transformer(CFG, rngs=nnx.Rngs(0)), nnx.Param), "lora")
   assert fam_mask["fam_prompt"].get_value() is True
   assert fam_mask["layers"]["q"]["kernel"].get_value() is False
-  tx = lora.masked_optimizer(optax.adam(1e-2), mask)
-  opt_state = tx.init(params)
-  x = tokens(t=21)
+  # The trainer's way: the optimizer sees only the trainable subset.
+  pure = params.to_pure_dict()
+  keys = trainer.trainable_keys(pure, "lora")
+  assert keys == {k for k, on in trainer.flat(
+      lora.trainable_mask(pure, "lora")).items() if on}
+  train, frozen = trainer.split_params(pure, keys)
+  tx = optax.adam(1e-2)
+  opt_state = tx.init(train)
+  x = tokens(2, 21, vocab=64)
 
-  def loss_fn(p):
-    logits = nnx.merge(gdef, p, rest)(x[:, :-1])
+  def loss_fn(t):
+    logits = nnx.merge(gdef, trainer.join_params(t, frozen), rest)(x[:, :-1])
     return optax.softmax_cross_entropy_with_integer_labels(logits, x[:, 1:]).mean()
 
   @jax.jit
-  def step(p, s):
-    loss, g = jax.value_and_grad(loss_fn)(p)
-    u, s = tx.update(g, s, p)
-    return optax.apply_updates(p, u), s, loss
+  def step(t, s):
+    loss, g = jax.value_and_grad(loss_fn)(t)
+    u, s = tx.update(g, s, t)
+    return optax.apply_updates(t, u), s, loss
 
-  new, s1, loss0 = step(params, opt_state)
+  new, s1, loss0 = step(train, opt_state)
   new, s1, _ = step(new, s1)
   _, _, loss2 = step(new, s1)
   assert loss2 < loss0
-  before = jax.tree_util.tree_flatten_with_path(params)[0]
-  after = jax.tree.leaves(new)
-  changed = {".".join(map(str, p)): not np.array_equal(a, b)
-             for (p, a), b in zip(before, after)}
-  for name, ch in changed.items():
+  before = trainer.flat(pure)
+  after = trainer.flat(trainer.join_params(new, frozen))
+  assert before.keys() == after.keys()
+  for k in before:
+    name = "/".join(map(str, k))
     trainable = ("lora" in name) or ("fam_prompt" in name)
-    assert ch == trainable, name   # base weights bit-identical, LoRA moved
+    moved = not np.array_equal(before[k], after[k])
+    assert moved == trainable, name   # base weights bit-identical, LoRA moved
 
 
 def test_lora_mask_needs_lora_weights():
@@ -175,7 +169,7 @@ def test_lora_mask_needs_lora_weights():
 
 def test_checkpoint_without_lora_loads_into_lora_model():
   plain = Transformer(CFG_FULL.replace(lora_rank=0), rngs=nnx.Rngs(3))
-  x = tokens()
+  x = tokens(2, 20, vocab=64)
   want = forward(plain, x)
   lm = Transformer(CFG_FULL, rngs=nnx.Rngs(9))
   assign_params(lm, params_dict(plain))

@@ -5,7 +5,6 @@ their own host-device counts (jax in this process keeps its one device).
 """
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -18,6 +17,7 @@ from jax.sharding import PartitionSpec as P
 from famjax import partitioning as pt
 from famjax.config import AttentionConfig, ModelConfig
 from famjax.model import Transformer
+from tests.helpers import free_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -179,14 +179,8 @@ def test_sharded_grad_step_equals_single_device(mesh8_report):
 
 
 # ------------------------------------------------- 2 processes x 2 devices
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def test_multi_host_forward(tmp_path):
-  port = _free_port()
+  port = free_port()
   outs = [str(tmp_path / f"p{i}.json") for i in range(2)]
   procs = [subprocess.Popen(
       [sys.executable, SCRIPT, "multihost", outs[i], str(i), str(port)],

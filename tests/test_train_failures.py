@@ -1,10 +1,11 @@
 """Damaged checkpoints and a non-finite loss: no data lost, clear messages."""
 import glob
+import json
 import os
 
 import pytest
 
-from famjax.train.metrics import read_metrics
+from famjax.train.metrics import read_events, read_metrics
 from tests.conftest import main_in_process
 
 
@@ -48,6 +49,16 @@ def test_corrupt_newest_checkpoint_resumes_from_previous(damage, tiny_gin,
   assert sorted(again) == list(range(1, 9))
   for s in (5, 6):
     assert again[s]["loss"] == first[s]["loss"]
+  # Steps 5, 6 were logged by the first run after its last good checkpoint
+  # and again by the resumed run: every log has each step once.
+  with open(os.path.join(d, "metrics.jsonl")) as fh:
+    lines = [json.loads(l) for l in fh]
+  assert [r["step"] for r in lines if r["split"] == "train"] == list(range(1, 9))
+  losses = [(s, v) for s, tag, v in read_events(os.path.join(d, "train"))
+            if tag == "loss"]
+  assert [s for s, _ in losses] == list(range(1, 9))
+  for s, v in losses:
+    assert v == pytest.approx(again[s]["loss"], rel=1e-6)
 
 
 def test_no_readable_checkpoint_refuses_to_start_over(tiny_gin, tmp_path,

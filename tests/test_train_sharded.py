@@ -7,20 +7,14 @@ resumes each host's data iterator from the checkpoint. The reference is one
 process on one device reading both shards' rows."""
 import json
 import os
-import socket
 
 from famjax.train.metrics import read_metrics
 from tests.conftest import N, assert_same_run, popen_train, run_train
-
-
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
+from tests.helpers import free_port
 
 
 def _two_hosts(tiny_gin, d, *extra):
-  port = _free_port()
+  port = free_port()
   procs = [popen_train(f"--gin_file={tiny_gin}", f"--gin.MODEL_DIR={d}",
                        "--gin.train.multi_host=True",
                        "--gin.train.mesh_shape=(1, 2, 1)", *extra,

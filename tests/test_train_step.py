@@ -1,5 +1,5 @@
 """The train step against independent computations: gradient accumulation,
-Random State Passing and Random Position Offset (SPEC), optimizers."""
+Random State Passing and Random Position Offset (docs/fam.md), optimizers."""
 import math
 
 import jax
@@ -152,13 +152,18 @@ def test_schedules():
 
 
 def test_weight_decay_mask_and_optimizers():
-  model = Transformer(CFG.replace(qkv_bias=True), rngs=nnx.Rngs(0))
-  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  model = Transformer(CFG.replace(qkv_bias=True, lora_rank=2),
+                      rngs=nnx.Rngs(0))
+  # Every weight non-zero (LoRA B starts at 0), so decay would move it.
+  params = jax.tree.map(jnp.ones_like,
+                        nnx.to_pure_dict(nnx.state(model, nnx.Param)))
   mask = trainer.flat(optimizers.decay_mask(params))
   named = {"/".join(k): v for k, v in mask.items()}
   assert named["layers/q/kernel"] and named["layers/mlp/down/kernel"]
   for off in ("layers/q/bias", "layers/attn_norm/scale", "final_norm/scale",
-              "fam_prompt", "embed/embedding"):
+              "fam_prompt", "embed/embedding", "layers/q/lora_a",
+              "layers/q/lora_b", "layers/mlp/down/lora_a",
+              "layers/mlp/down/lora_b"):
     assert not named[off], off
   assert trainer.flat(optimizers.decay_mask(params, True))[("embed", "embedding")]
   # Decay only shrinks the masked-in weights (zero gradients: pure decay).

@@ -16,8 +16,9 @@ Determinism and state: the element stream is a pure function of the
 arguments (fixed shuffle seed, `repeat`; synthetic examples are pure
 functions of their index). The state (`get_state`, a JSON-serialisable dict)
 holds the number of examples consumed and, with state_mode "tf" (default),
-the tf.data iterator's own checkpoint (zlib + base64, MBs: the shuffle and
-prefetch buffers), which restores instantly. Without it (state_mode "count",
+the tf.data iterator's own checkpoint (zlib + base64; symbolic: the source
+positions and the shuffle buffer, KBs, not the other buffers), which
+restores instantly. Without it (state_mode "count",
 or a changed batch size) `set_state` rebuilds the stream and `skip`s the
 consumed examples inside tf.data before batching: exact, but it costs the
 preprocessing of everything skipped.
@@ -147,6 +148,10 @@ class DataIterator:
     # their Python map holds no state a checkpoint would need.
     options.experimental_external_state_policy = (
         tf.data.experimental.ExternalStatePolicy.IGNORE)
+    # Checkpoints hold the position in the source and the shuffle buffer,
+    # not the prefetch and parallel-map buffers (which would be MBs of
+    # tokenized documents); restoring recomputes those elements.
+    options.experimental_symbolic_checkpoint = True
     ds = ds.with_options(options)
     return ds.prefetch(2)
 
@@ -197,7 +202,7 @@ class DataIterator:
 
     Always holds the example count; with state_mode "tf" also the tf.data
     iterator state ("tf_iterator": zlib + base64 of a tf.train.Checkpoint,
-    about the size of the pipeline's shuffle and prefetch buffers).
+    about the size of the task's shuffle buffer).
     """
     state = dict(self._identity(), version=STATE_VERSION,
                  examples_consumed=self._examples,
@@ -282,8 +287,8 @@ def make_iterator(task_name: str, split: str, *, seq_len: int, batch_size: int,
   targets_length: for prefix-LM tasks, tokens of seq_len given to "targets"
     (default: the task's TARGETS_LENGTH).
   state_mode: "tf" (default) saves the tf.data iterator itself in the state:
-    restoring is instant whatever the step, the state is as large as the
-    pipeline's buffers (MBs). "count" saves only the example count: a tiny
+    restoring is instant whatever the step, the state is about as large as
+    the task's shuffle buffer (KBs). "count" saves only the example count: a tiny
     state, but restoring re-runs the preprocessing of every consumed example.
   """
   for name, v, lo in (("seq_len", seq_len, 2), ("batch_size", batch_size, 1),

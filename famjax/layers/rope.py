@@ -1,13 +1,12 @@
 """Rotary position embeddings (the rotate-half layout of Llama/Gemma).
 
-Positions are integers; a Random Position Offset (SPEC, training only) is a
-float added to every position. Angles are computed as
+Positions are integers; a Random Position Offset (docs/fam.md, training
+only) is a float added to every position. Angles are computed as
 `pos * f + (offset * f mod 2 pi)` so that a large offset costs no precision in
 the angle *differences* that attention sees.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Optional
 
@@ -35,16 +34,6 @@ def inv_frequencies(head_dim: int, theta: float, scaling: Optional[str] = None,
     medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
     return np.where(medium, smoothed, out).astype(np.float32)
   raise ValueError(f"unknown rope scaling {scaling!r}")
-
-
-@dataclasses.dataclass(frozen=True)
-class RopeTable:
-  """Inverse frequencies of one layer kind (global or local)."""
-  inv_freq: tuple
-
-  @classmethod
-  def create(cls, head_dim, theta, **kw):
-    return cls(tuple(float(f) for f in inv_frequencies(head_dim, theta, **kw)))
 
 
 def rope_angles(positions, inv_freq, offset=None):

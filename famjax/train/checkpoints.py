@@ -2,7 +2,8 @@
 
 One checkpoint (a step directory) holds three items:
   state   the train state pytree (params, opt_state, step, rng, rsp)
-  data    the data iterator state (JSON)
+  data    the data iterator state of every process (JSON, see
+          `gather_data_states`; a few KB per process)
   config  {"gin": the run's full gin config text}
 
 Saves are asynchronous; orbax writes each step into a temporary directory
@@ -14,14 +15,15 @@ again. Preemption (SIGTERM) is a flag the loop polls at step boundaries.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import signal
 import threading
-from typing import Optional
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 log = logging.getLogger("famjax.train")
@@ -51,10 +53,6 @@ class Checkpoints:
   # ---------------------------------------------------------------- query
   def steps(self):
     return sorted(self.manager.all_steps())
-
-  def latest_step(self) -> Optional[int]:
-    s = self.steps()
-    return s[-1] if s else None
 
   # ----------------------------------------------------------------- save
   def save(self, step: int, state, data_state: dict, gin_text: str):
@@ -131,6 +129,33 @@ class Checkpoints:
       if os.path.exists(src):
         shutil.move(src, dst)
     self._open()
+
+
+def gather_data_states(state) -> dict:
+  """Every process's data iterator state (hosts read different rows), for
+  the checkpoint, which host 0 writes."""
+  if jax.process_count() == 1:
+    return {"process_count": 1, "iterators": [state]}
+  from jax.experimental import multihost_utils
+  mine = np.frombuffer(json.dumps(state).encode(), np.uint8)
+  sizes = multihost_utils.process_allgather(np.array([mine.size], np.int64))
+  padded = np.zeros(int(np.max(sizes)), np.uint8)
+  padded[:mine.size] = mine
+  every = multihost_utils.process_allgather(padded)
+  sizes = np.asarray(sizes).reshape(-1)
+  return {"process_count": jax.process_count(),
+          "iterators": [json.loads(bytes(every[i, :sizes[i]]))
+                        for i in range(jax.process_count())]}
+
+
+def own_data_state(saved: dict):
+  """This process's iterator state from `gather_data_states`' dict."""
+  n = saved.get("process_count")
+  if n != jax.process_count():
+    raise NoRestorableCheckpoint(
+        f"the checkpoint's data position was saved by {n} processes; this "
+        f"run has {jax.process_count()}. Resume with the same number of hosts.")
+  return saved["iterators"][jax.process_index()]
 
 
 def remove_run(model_dir: str):

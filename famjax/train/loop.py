@@ -1,5 +1,12 @@
 """`train`: the gin-configurable training loop behind `famjax train`.
 
+`famjax.train.trainer` holds the jitted train / eval step functions and the
+train state; `famjax.train.build` builds a run's parts; this module's
+`TrainLoop` runs them through named moments:
+
+    every step:  prepare_batch -> step -> maybe_log -> maybe_save -> maybe_eval
+    at the end:  finish (preempted: save and stop; else final eval, export)
+
 Resume and load-params are two different operations:
   * MODEL_DIR/checkpoints has a checkpoint -> resume from the newest readable
     one (train state, data position, RSP state): the run continues exactly.
@@ -11,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -19,16 +25,15 @@ from typing import Callable, Optional
 
 import gin
 import jax
-import numpy as np
 from flax import nnx
 
 from famjax import partitioning
 from famjax.config import AttentionConfig, ModelConfig
+from famjax.train import build
 from famjax.train import checkpoints as ckpt_lib
 from famjax.train import sharding
 from famjax.train import trainer
 from famjax.train.metrics import MetricsWriter
-from famjax.train.optimizers import make_optimizer
 
 log = logging.getLogger("famjax.train")
 
@@ -42,138 +47,12 @@ class NonFiniteLoss(TrainError):
   pass
 
 
-# ------------------------------------------------------------ configuration
-def build_config(model_config: Optional[ModelConfig], attention, overrides,
-                 load_params_from: Optional[str]) -> ModelConfig:
-  """The run's ModelConfig: gin's, or LOAD_PARAMS_FROM's with changes."""
-  if model_config is None:
-    if not load_params_from:
-      raise ValueError("train.model_config is not set: bind it "
-                       "(e.g. include gin/models/tiny.gin) or set "
-                       "train.load_params_from to take the config of a model "
-                       "directory.")
-    from famjax.params_io import load_config
-    model_config = load_config(load_params_from)
-  changes = dict(overrides or {})
-  if attention is not None:
-    changes["attention"] = attention
-  known = {f.name for f in dataclasses.fields(ModelConfig)}
-  unknown = sorted(set(changes) - known)
-  if unknown:
-    raise ValueError(f"train.model_overrides has unknown ModelConfig fields "
-                     f"{unknown}.")
-  return dataclasses.replace(model_config, **changes).validate()
+def itstime(step: int, every: int, total: Optional[int] = None) -> bool:
+  """Whether a periodic moment falls on `step`: every `every` steps (0:
+  never), and at the last step `total` when given."""
+  return bool(every and every > 0 and step % every == 0) or step == total
 
 
-def _data_fn(data_fn):
-  if data_fn is not None:
-    return data_fn
-  import famjax.data.tasks  # noqa: F401  (registers the seqio tasks)
-  from famjax.data.pipeline import make_iterator
-  return make_iterator
-
-
-def _check_batch(batch, *, batch_size, seq_len, vocab_size, what):
-  for name in (trainer.INPUTS, trainer.TARGETS, trainer.WEIGHTS):
-    if name not in batch:
-      raise TrainError(f"{what}: the batch has no {name!r} feature.")
-    if batch[name].shape != (batch_size, seq_len):
-      raise TrainError(f"{what}: {name} has shape {batch[name].shape}, "
-                       f"expected {(batch_size, seq_len)}.")
-  for name in (trainer.INPUTS, trainer.TARGETS):
-    ids = batch[name]
-    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
-      raise TrainError(f"{what}: {name} has token ids in "
-                       f"[{ids.min()}, {ids.max()}] but the model's "
-                       f"vocab_size is {vocab_size}.")
-
-
-def _eval(eval_step, params, make_it, eval_batches, prepare):
-  """Mean loss / accuracy over the first `eval_batches` batches of a fresh
-  (unshuffled) eval iterator: the same tokens at every eval."""
-  it = make_it()
-
-  def batches():
-    for _ in range(eval_batches):
-      try:
-        b = next(it)
-      except StopIteration:
-        return
-      yield prepare(b)
-
-  try:
-    return trainer.evaluate(eval_step, params, batches())
-  finally:
-    _close(it)
-
-
-def _close(it):
-  if hasattr(it, "close"):
-    it.close()
-
-
-def _write_operative_config(model_dir):
-  path = os.path.join(model_dir, "config.gin")
-  tmp = path + ".tmp"
-  with open(tmp, "w") as fh:
-    fh.write(gin.operative_config_str())
-  os.replace(tmp, path)
-
-
-def export_model(path, cfg, params):
-  """Final params as a famjax model directory (LoRA merged); host 0 writes."""
-  from famjax import params_io
-  params = sharding.to_host(params)
-  if jax.process_index() != 0:
-    return os.path.abspath(path)
-  if cfg.lora_rank:
-    from famjax.lora import merge_lora
-    params, cfg = merge_lora(params, cfg)
-  return params_io.save_model_dir(path, cfg, params, overwrite=True)
-
-
-def gather_data_states(state) -> dict:
-  """Every process's data iterator state (hosts read different rows), for
-  the checkpoint, which host 0 writes."""
-  if jax.process_count() == 1:
-    return {"process_count": 1, "iterators": [state]}
-  from jax.experimental import multihost_utils
-  mine = np.frombuffer(json.dumps(state).encode(), np.uint8)
-  sizes = multihost_utils.process_allgather(np.array([mine.size], np.int64))
-  padded = np.zeros(int(np.max(sizes)), np.uint8)
-  padded[:mine.size] = mine
-  every = multihost_utils.process_allgather(padded)
-  sizes = np.asarray(sizes).reshape(-1)
-  return {"process_count": jax.process_count(),
-          "iterators": [json.loads(bytes(every[i, :sizes[i]]))
-                        for i in range(jax.process_count())]}
-
-
-def own_data_state(saved: dict):
-  n = saved.get("process_count")
-  if n != jax.process_count():
-    raise TrainError(
-        f"the checkpoint's data position was saved by {n} processes; this "
-        f"run has {jax.process_count()}. Resume with the same number of hosts.")
-  return saved["iterators"][jax.process_index()]
-
-
-def init_distributed():
-  """jax.distributed.initialize from FAMJAX_COORDINATOR_ADDRESS,
-  FAMJAX_NUM_PROCESSES, FAMJAX_PROCESS_ID when set, else the cluster's own
-  environment (TPU pods, SLURM, ...)."""
-  env = os.environ
-  kw = {}
-  if env.get("FAMJAX_COORDINATOR_ADDRESS"):
-    kw = dict(coordinator_address=env["FAMJAX_COORDINATOR_ADDRESS"],
-              num_processes=int(env["FAMJAX_NUM_PROCESSES"]),
-              process_id=int(env["FAMJAX_PROCESS_ID"]))
-  if env.get("JAX_PLATFORMS", "") == "cpu":
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(**kw)
-
-
-# --------------------------------------------------------------------- loop
 @gin.configurable("train")
 def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
           num_steps: int = gin.REQUIRED, batch_size: int = 8,
@@ -185,6 +64,8 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
           seed: int = 0, data_seed: Optional[int] = None, pack: bool = False,
           train_split: str = "train", eval_split: Optional[str] = "validation",
           eval_every: int = 0, eval_batches: int = 4,
+          eval_mixture: Optional[str] = None,
+          eval_max_examples: Optional[int] = 64,
           save_every: int = 1000, keep_checkpoints: int = 3,
           async_checkpoints: bool = True, export: bool = False,
           overwrite: bool = False, data_fn: Optional[Callable] = None,
@@ -205,8 +86,11 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
     (ignored, with a log line, when model_dir already has checkpoints).
   trainable: 'all', 'lora' (LoRA weights + fam_prompt) or 'regex:PATTERN'.
   step_config: trainer.StepConfig (microbatches, p_rsp, RPO, z-loss).
-  eval_every: eval on eval_split every that many steps (0: only at the end);
-    eval_batches batches each time, always the same ones.
+  eval_every: eval every that many steps (0: only at the end): the loss on
+    eval_split (eval_batches batches each time, always the same ones) and,
+    when eval_mixture (a seqio task or mixture name) is set, the inference
+    evals of `famjax.evals.evaluate_model` (eval_max_examples examples per
+    task, written under MODEL_DIR/inference_eval) as "TASK/METRIC" values.
   save_every / keep_checkpoints / async_checkpoints: checkpoint policy; the
     last step and a SIGTERM'd step are saved too.
   export: write MODEL_DIR/export as a model directory at the end.
@@ -215,185 +99,322 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
     signature (default: that function).
   mesh_shape: ("data", "fsdp", "tensor") sizes or a dict (one may be -1);
     sharding_rules: overrides of famjax.partitioning.DEFAULT_RULES.
-  multi_host: call jax.distributed.initialize first (see init_distributed);
-    every host runs the same command.
+  multi_host: call jax.distributed.initialize first
+    (famjax.train.sharding.init_distributed); every host runs the same
+    command.
   """
-  if multi_host:
-    init_distributed()
-  chief = jax.process_index() == 0
-  step_cfg = (step_config or trainer.StepConfig()).validate(batch_size)
-  model_dir = os.path.abspath(os.path.expanduser(model_dir))
-  os.makedirs(model_dir, exist_ok=True)
-  if overwrite:
-    log.warning("train.overwrite=True: deleting checkpoints and logs in %s",
-                model_dir)
-    ckpt_lib.remove_run(model_dir)
-  cfg = build_config(model_config, attention, model_overrides,
-                     load_params_from)
-  model = _build(cfg, seed)
-  ckpts = ckpt_lib.Checkpoints(model_dir, keep=keep_checkpoints,
-                               async_save=async_checkpoints)
-  has_ckpt = bool(ckpts.steps())
-  if load_params_from:
-    if has_ckpt:
-      log.info("%s has checkpoints: resuming; train.load_params_from=%s is "
-               "ignored.", model_dir, load_params_from)
-    else:
-      from famjax import params_io
-      log.info("initialising parameters from %s", load_params_from)
-      params_io.assign_params(model, params_io.load_params(load_params_from),
-                              load_params_from)
+  return TrainLoop(RunOptions(**locals())).run()
 
-  params0 = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-  keys = trainer.trainable_keys(params0, trainable)
-  tx, schedule = make_optimizer(trainer.split_params(params0, keys)[0],
-                                num_steps)
-  state = trainer.init_state(model, tx, keys, seed=seed)
-  mesh = partitioning.make_mesh(mesh_shape)
-  rules = partitioning.make_rules(sharding_rules)
-  state_sh = sharding.state_shardings(model, state, tx, keys, mesh, rules)
-  state = sharding.place(state, state_sh)
-  batch_sh = partitioning.data_sharding(mesh, rules)
-  log.info("mesh %s over %d devices (%d processes)", dict(mesh.shape),
-           mesh.size, jax.process_count())
-  n_train = sum(int(np.prod(v.shape)) for k, v in trainer.flat(params0).items()
-                if k in keys)
-  n_all = sum(int(np.prod(v.shape)) for v in trainer.flat(params0).values())
-  log.info("model: %s attention, %d parameters, %d trainable", cfg.attention.mode,
-           n_all, n_train)
-  del params0
 
-  start, data_state = 0, None
-  if has_ckpt:
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+  """The arguments of `train` (documented there)."""
+  model_dir: str
+  task: str
+  num_steps: int
+  batch_size: int
+  seq_len: int
+  model_config: Optional[ModelConfig]
+  attention: Optional[AttentionConfig]
+  model_overrides: Optional[dict]
+  load_params_from: Optional[str]
+  trainable: str
+  step_config: Optional[trainer.StepConfig]
+  seed: int
+  data_seed: Optional[int]
+  pack: bool
+  train_split: str
+  eval_split: Optional[str]
+  eval_every: int
+  eval_batches: int
+  eval_mixture: Optional[str]
+  eval_max_examples: Optional[int]
+  save_every: int
+  keep_checkpoints: int
+  async_checkpoints: bool
+  export: bool
+  overwrite: bool
+  data_fn: Optional[Callable]
+  mesh_shape: object
+  sharding_rules: Optional[dict]
+  multi_host: bool
+  progress_bar: bool
+  tensorboard: bool
+
+
+def check_batch(batch, *, batch_size, seq_len, vocab_size, what):
+  """TrainError unless `batch` has the model features, shape [batch_size,
+  seq_len] and token ids below `vocab_size`."""
+  for name in (trainer.INPUTS, trainer.TARGETS, trainer.WEIGHTS):
+    if name not in batch:
+      raise TrainError(f"{what}: the batch has no {name!r} feature.")
+    if batch[name].shape != (batch_size, seq_len):
+      raise TrainError(f"{what}: {name} has shape {batch[name].shape}, "
+                       f"expected {(batch_size, seq_len)}.")
+  for name in (trainer.INPUTS, trainer.TARGETS):
+    ids = batch[name]
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+      raise TrainError(f"{what}: {name} has token ids in "
+                       f"[{ids.min()}, {ids.max()}] but the model's "
+                       f"vocab_size is {vocab_size}.")
+
+
+class TrainLoop:
+  """One run of `train`: built by __init__, driven by `run`."""
+
+  def __init__(self, opts: RunOptions):
+    self.o = o = opts
+    if o.multi_host:
+      sharding.init_distributed()
+    self.chief = jax.process_index() == 0
+    self.step_cfg = (o.step_config or trainer.StepConfig()).validate(
+        o.batch_size)
+    self.cfg = build.build_config(o.model_config, o.attention,
+                                  o.model_overrides, o.load_params_from)
+    self.model_dir = os.path.abspath(os.path.expanduser(o.model_dir))
+    os.makedirs(self.model_dir, exist_ok=True)
+    if o.overwrite:
+      log.warning("train.overwrite=True: deleting checkpoints and logs in %s",
+                  self.model_dir)
+      ckpt_lib.remove_run(self.model_dir)
+    self.ckpts = ckpt_lib.Checkpoints(self.model_dir, keep=o.keep_checkpoints,
+                                      async_save=o.async_checkpoints)
+    self.it = None
     try:
-      restored = ckpts.restore_latest(sharding.abstract(state))
+      self._build(bool(self.ckpts.steps()))
+    except BaseException:
+      self.ckpts.close()
+      if self.it is not None:
+        build.close_iterator(self.it)
+      raise
+    self.gin_text = gin.config_str()
+    self.step_num = self.start
+    self.due = []                      # (step, metrics) not yet written
+    self.window = collections.deque(maxlen=21)    # (time, tokens) of steps
+    self.summary = {"start_step": self.start}
+
+  # ------------------------------------------------------------ building
+  def _build(self, resuming: bool):
+    """Train state (restored when resuming), data iterator, step functions,
+    metrics writer."""
+    o = self.o
+    if resuming and o.load_params_from:
+      log.info("%s has checkpoints: resuming; train.load_params_from=%s is "
+               "ignored.", self.model_dir, o.load_params_from)
+    self.built = build.build_state(
+        self.cfg, seed=o.seed, trainable=o.trainable, num_steps=o.num_steps,
+        mesh_shape=o.mesh_shape, sharding_rules=o.sharding_rules,
+        load_params_from=None if resuming else o.load_params_from)
+    self.state, self.built.state = self.built.state, None   # donated later
+    self.start, data_state = self._restore() if resuming else (0, None)
+    self.saved = {self.start} if resuming else set()
+    self._open_data(data_state)
+    self._make_steps()
+    self.writer = MetricsWriter(
+        self.model_dir, start_step=self.start, num_steps=o.num_steps,
+        tensorboard=o.tensorboard, progress_bar=o.progress_bar,
+        enabled=self.chief)
+
+  def _restore(self):
+    """(step, this process's data state) of the newest readable checkpoint;
+    the train state is restored into self.state."""
+    try:
+      step, self.state, data, _ = self.ckpts.restore_latest(
+          sharding.abstract(self.state))
+      data = ckpt_lib.own_data_state(data)
     except ckpt_lib.NoRestorableCheckpoint as e:
       raise TrainError(str(e)) from None
-    start, state, data_state, _ = restored
-    data_state = own_data_state(data_state)
-    log.info("resuming from checkpoint %d in %s", start, ckpts.directory)
+    log.info("resuming from checkpoint %d in %s", step, self.ckpts.directory)
+    return step, data
 
-  make_it = _data_fn(data_fn)
-  seed_d = seed if data_seed is None else data_seed
-  shard = dict(shard_index=jax.process_index(), num_shards=jax.process_count())
-  it = make_it(task, train_split, seq_len=seq_len, batch_size=batch_size,
-               seed=seed_d, shuffle=True, pack=pack, **shard)
-  if data_state is not None:
-    it.set_state(data_state)
+  def _open_data(self, data_state):
+    o = self.o
+    self.make_it = build.data_factory(o.data_fn)
+    self.shard = dict(shard_index=jax.process_index(),
+                      num_shards=jax.process_count())
+    seed = o.seed if o.data_seed is None else o.data_seed
+    self.it = self.make_it(o.task, o.train_split, seq_len=o.seq_len,
+                           batch_size=o.batch_size, seed=seed, shuffle=True,
+                           pack=o.pack, **self.shard)
+    if data_state is not None:
+      self.it.set_state(data_state)
 
-  local_batch = batch_size // jax.process_count()
+  def _make_steps(self):
+    b = self.built
+    self.step_fn = trainer.make_train_step(
+        b.model, b.tx, b.schedule, b.keys, self.step_cfg,
+        state_shardings=b.state_shardings, batch_sharding=b.batch_sharding)
+    self.eval_step = trainer.make_eval_step(
+        b.model, params_shardings=b.state_shardings["params"],
+        batch_sharding=b.batch_sharding) if self.o.eval_split else None
 
-  def prepare(b, what="train batch"):
-    """Check this host's rows, then form the global (sharded) batch."""
-    _check_batch(b, batch_size=local_batch, seq_len=seq_len,
-                 vocab_size=cfg.vocab_size, what=f"task {task!r}, {what}")
-    return partitioning.host_local_to_global(b, mesh, rules)
-
-  def prepare_eval(b):
-    return prepare(b, "eval batch")
-
-  def make_eval_it():
-    return make_it(task, eval_split, seq_len=seq_len, batch_size=batch_size,
-                   seed=0, shuffle=False, pack=pack, **shard)
-
-  step_fn = trainer.make_train_step(model, tx, schedule, keys, step_cfg,
-                                    state_shardings=state_sh,
-                                    batch_sharding=batch_sh)
-  eval_step = trainer.make_eval_step(
-      model, params_shardings=state_sh["params"],
-      batch_sharding=batch_sh) if eval_split else None
-  writer = MetricsWriter(model_dir, start_step=start, num_steps=num_steps,
-                         tensorboard=tensorboard, progress_bar=progress_bar,
-                         enabled=chief)
-  gin_text = gin.config_str()
-  saved = {start} if has_ckpt else set()
-  summary = {"start_step": start}
-  pending = []
-  window = collections.deque(maxlen=21)
-
-  def flush():
-    """Fetch the metrics of the last step, stop on a non-finite loss."""
-    if not pending:
-      return
-    s, m = pending.pop()
-    m = jax.device_get(m)
-    if not trainer.is_finite(m):
-      good = max(saved) if saved else None
-      where = (f"the latest checkpoint, step {good}, is the last good state"
-               if good is not None else "no checkpoint was saved")
-      raise NonFiniteLoss(
-          f"training stopped at step {s}: the loss is {float(m['loss'])} and "
-          f"the gradient norm {float(m.get('grad_norm', float('nan')))} (not "
-          f"finite). Nothing from step {s} was saved; {where}. Lower the "
-          "learning rate (make_schedule.peak_learning_rate) or enable "
-          "clipping (make_optimizer.clip_norm).")
-    window.append((time.perf_counter(), float(m["tokens"])))
-    if len(window) > 1:   # a window of steps: per-step times are noisy
-      dt = window[-1][0] - window[0][0]
-      m["tokens_per_s"] = sum(t for _, t in list(window)[1:]) / max(dt, 1e-9)
-    writer.write(s, "train", m)
-    writer.progress(s, {"loss": m["loss"], "acc": m["accuracy"]})
-    summary["last_train"] = {k: float(v) for k, v in m.items()}
-
-  def save(s):
-    if s not in saved:
-      ckpts.save(s, state, gather_data_states(it.get_state()), gin_text)
-      saved.add(s)
-
-  s = start
-  preempted = False
-  try:
-    with ckpt_lib.Preemption() as preemption:
-      while s < num_steps and not preemption.requested:
-        state, m = step_fn(state, prepare(next(it)))
-        s += 1
-        flush()
-        pending.append((s, m))
-        if s == start + 1:
-          flush()
-          if chief:
-            _write_operative_config(model_dir)
-        if s % save_every == 0 or s == num_steps:
-          flush()
-          save(s)
-        if eval_split and eval_every and s % eval_every == 0 and s < num_steps:
-          flush()
-          writer.write(s, "eval", _eval(eval_step, state["params"],
-                                        make_eval_it, eval_batches,
-                                        prepare_eval))
-      flush()
-      preempted = preemption.requested and s < num_steps
-      signal_name = preemption.signal_name
-    summary.update(step=s, preempted=preempted)
-    if preempted:
-      save(s)
-      ckpts.wait()
-      writer.message(f"preempted ({signal_name}): saved checkpoint {s} in "
-                     f"{ckpts.directory}; run the same command again to "
-                     "resume.")
-      return summary
-    if eval_split:
-      ev = _eval(eval_step, state["params"], make_eval_it, eval_batches,
-                 prepare_eval)
-      writer.write(s, "eval", ev)
-      summary["eval"] = ev
-      writer.message(f"eval at step {s}: loss {ev.get('loss', float('nan')):.4f}"
-                     f", accuracy {ev.get('accuracy', float('nan')):.4f}")
-    if export:
-      summary["export"] = export_model(os.path.join(model_dir, "export"), cfg,
-                                       state["params"])
-      writer.message(f"exported the final model to {summary['export']}")
-    summary["params"] = state["params"]
-    return summary
-  finally:
-    pending.clear()
+  # ------------------------------------------------------------- the run
+  def run(self) -> dict:
+    """Train to num_steps (or to a SIGTERM); returns the summary."""
     try:
-      ckpts.close()
+      with ckpt_lib.Preemption() as preemption:
+        while self.step_num < self.o.num_steps and not preemption.requested:
+          self.step(self.prepare_batch(next(self.it)))
+          self.maybe_log()
+          self.maybe_save()
+          self.maybe_eval()
+        self.flush()
+        preempted = preemption.requested and self.step_num < self.o.num_steps
+        signal_name = preemption.signal_name
+      return self.finish(preempted, signal_name)
     finally:
-      writer.close()
-      _close(it)
+      self.close()
 
+  def prepare_batch(self, batch, what: str = "train batch"):
+    """Check this host's rows, then form the global (sharded) batch."""
+    check_batch(batch, batch_size=self.o.batch_size // jax.process_count(),
+                seq_len=self.o.seq_len, vocab_size=self.cfg.vocab_size,
+                what=f"task {self.o.task!r}, {what}")
+    return partitioning.host_local_to_global(batch, self.built.mesh,
+                                             self.built.rules)
 
-def _build(cfg, seed):
-  from famjax.model import Transformer
-  return Transformer(cfg, rngs=nnx.Rngs(seed))
+  def step(self, batch):
+    """Dispatch one train step; its metrics are fetched later (`flush`)."""
+    self.state, metrics = self.step_fn(self.state, batch)
+    self.step_num += 1
+    self.due.append((self.step_num, metrics))
+
+  def maybe_log(self):
+    """Write the metrics of the previous step (the newest is still being
+    computed: fetching it would wait for the device); after the first step
+    write them at once, and the operative gin config."""
+    first = self.step_num == self.start + 1
+    self.flush(keep=0 if first else 1)
+    if first and self.chief:
+      build.write_operative_config(self.model_dir)
+
+  def maybe_save(self):
+    if itstime(self.step_num, self.o.save_every, self.o.num_steps):
+      self.flush()
+      self.save()
+
+  def maybe_eval(self):
+    """Periodic evals (the last step's is `finish`'s)."""
+    if (self.step_num < self.o.num_steps and self.evals_anything()
+        and itstime(self.step_num, self.o.eval_every)):
+      self.flush()
+      self.writer.write(self.step_num, "eval", self.evaluate())
+
+  def finish(self, preempted: bool, signal_name: Optional[str]) -> dict:
+    """Preempted: save and stop. Done: final eval and export."""
+    s = self.step_num
+    self.summary.update(step=s, preempted=preempted)
+    if preempted:
+      self.save()
+      self.ckpts.wait()
+      self.writer.message(f"preempted ({signal_name}): saved checkpoint {s} "
+                          f"in {self.ckpts.directory}; run the same command "
+                          "again to resume.")
+      return self.summary
+    if self.evals_anything():
+      ev = self.evaluate()
+      self.writer.write(s, "eval", ev)
+      self.summary["eval"] = ev
+      self.writer.message(f"eval at step {s}: " + ", ".join(
+          f"{k} {v:.4f}" for k, v in ev.items() if k != "tokens"))
+    if self.o.export:
+      self.summary["export"] = build.export_model(
+          os.path.join(self.model_dir, "export"), self.cfg,
+          self.state["params"])
+      self.writer.message(f"exported the final model to "
+                          f"{self.summary['export']}")
+    self.summary["params"] = self.state["params"]
+    return self.summary
+
+  def close(self):
+    self.due.clear()
+    try:
+      self.ckpts.close()
+    finally:
+      self.writer.close()
+      build.close_iterator(self.it)
+
+  # ----------------------------------------------------------- the parts
+  def flush(self, keep: int = 0):
+    """Fetch and write the metrics of all due steps but the newest `keep`;
+    stop on a non-finite loss."""
+    while len(self.due) > keep:
+      s, m = self.due.pop(0)
+      m = jax.device_get(m)
+      if not trainer.is_finite(m):
+        raise self._non_finite(s, m)
+      self.window.append((time.perf_counter(), float(m["tokens"])))
+      if len(self.window) > 1:   # a window of steps: per-step times are noisy
+        dt = self.window[-1][0] - self.window[0][0]
+        m["tokens_per_s"] = (sum(t for _, t in list(self.window)[1:]) /
+                             max(dt, 1e-9))
+      self.writer.write(s, "train", m)
+      self.writer.progress(s, {"loss": m["loss"], "acc": m["accuracy"]})
+      self.summary["last_train"] = {k: float(v) for k, v in m.items()}
+
+  def _non_finite(self, s, m) -> NonFiniteLoss:
+    good = max(self.saved) if self.saved else None
+    where = (f"the latest checkpoint, step {good}, is the last good state"
+             if good is not None else "no checkpoint was saved")
+    return NonFiniteLoss(
+        f"training stopped at step {s}: the loss is {float(m['loss'])} and "
+        f"the gradient norm {float(m.get('grad_norm', float('nan')))} (not "
+        f"finite). Nothing from step {s} was saved; {where}. Lower the "
+        "learning rate (make_schedule.peak_learning_rate) or enable "
+        "clipping (make_optimizer.clip_norm).")
+
+  def save(self):
+    s = self.step_num
+    if s not in self.saved:
+      self.ckpts.save(s, self.state,
+                      ckpt_lib.gather_data_states(self.it.get_state()),
+                      self.gin_text)
+      self.saved.add(s)
+
+  def evals_anything(self) -> bool:
+    return bool(self.o.eval_split or self.o.eval_mixture)
+
+  def evaluate(self) -> dict:
+    """One eval record: the eval_split loss / accuracy and, with
+    eval_mixture, the inference metrics as "TASK/METRIC"."""
+    out = {}
+    if self.o.eval_split:
+      out.update(self._eval_loss())
+    if self.o.eval_mixture:
+      out.update(self._inference_eval())
+    return out
+
+  def _eval_loss(self) -> dict:
+    """Mean loss / accuracy over the first eval_batches batches of a fresh
+    (unshuffled) eval iterator: the same tokens at every eval."""
+    o = self.o
+    it = self.make_it(o.task, o.eval_split, seq_len=o.seq_len,
+                      batch_size=o.batch_size, seed=0, shuffle=False,
+                      pack=o.pack, **self.shard)
+
+    def batches():
+      for _ in range(o.eval_batches):
+        try:
+          b = next(it)
+        except StopIteration:
+          return
+        yield self.prepare_batch(b, "eval batch")
+
+    try:
+      return trainer.evaluate(self.eval_step, self.state["params"], batches())
+    finally:
+      build.close_iterator(it)
+
+  def _inference_eval(self) -> dict:
+    """famjax.evals.evaluate_model on the model with the current weights."""
+    from famjax.evals import evaluate_model   # decoding: only when asked
+    graphdef, _, rest = nnx.split(self.built.model, nnx.Param, ...)
+    model = nnx.merge(graphdef, self.state["params"], rest)
+    results = evaluate_model(
+        model, mixture_or_task_name=self.o.eval_mixture, step=self.step_num,
+        output_dir=os.path.join(self.model_dir, "inference_eval"),
+        batch_size=self.o.batch_size, max_examples=self.o.eval_max_examples)
+    return {f"{task}/{name}": float(v)
+            for task, metrics in (results or {}).items()
+            for name, v in metrics.items()
+            if isinstance(v, (int, float)) or getattr(v, "shape", None) == ()}

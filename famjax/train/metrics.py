@@ -3,15 +3,21 @@
 metrics.jsonl has one JSON object per line: {"step": s, "split": "train" |
 "eval", ...}. When a run resumes from step s, records after s (written by
 the interrupted process after its last checkpoint) are dropped first, so the
-file always tells the history of the run that exists; TensorBoard gets
-`purge_step` for the same reason.
+file always tells the history of the run that exists. The TensorBoard event
+files in MODEL_DIR/train and MODEL_DIR/eval lose their events after s the
+same way (rewritten in place), so that every reader sees each step once; the
+new writer also marks `purge_step` (what TensorBoard itself honours).
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
+import struct
 import sys
 from typing import Optional
+
+SPLITS = ("train", "eval")
 
 
 class MetricsWriter:
@@ -25,13 +31,16 @@ class MetricsWriter:
     if not enabled:
       return
     self._truncate_after(start_step)
+    for split in SPLITS:
+      for path in sorted(glob.glob(os.path.join(model_dir, split,
+                                                "events.out.tfevents.*"))):
+        truncate_events(path, start_step)
     self._fh = open(self.path, "a")
     if tensorboard:
       from tensorboardX import SummaryWriter
-      for split in ("train", "eval"):
-        self._tb[split] = SummaryWriter(
-            os.path.join(model_dir, split),
-            purge_step=start_step + 1 if start_step else None)
+      for split in SPLITS:
+        self._tb[split] = SummaryWriter(os.path.join(model_dir, split),
+                                        purge_step=start_step + 1)
     if progress_bar:
       from tqdm import tqdm
       self._bar = tqdm(total=num_steps, initial=start_step, unit="step",
@@ -94,6 +103,51 @@ class MetricsWriter:
     if self._fh is not None:
       self._fh.close()
       self._fh = None
+
+
+def _records(path):
+  """(raw record bytes, payload) of a TFRecord file, up to a cut-off tail."""
+  with open(path, "rb") as fh:
+    data = fh.read()
+  pos = 0
+  while pos + 12 <= len(data):
+    (n,) = struct.unpack("<Q", data[pos:pos + 8])
+    end = pos + 12 + n + 4
+    if end > len(data):
+      break                              # written by a killed process
+    yield data[pos:end], data[pos + 12:pos + 12 + n]
+    pos = end
+
+
+def truncate_events(path: str, step: int):
+  """Drop the summaries of steps after `step` from a TensorBoard event file
+  (rewritten only when it has some)."""
+  from tensorboardX.proto.event_pb2 import Event
+  keep, dropped = [], False
+  for raw, payload in _records(path):
+    event = Event.FromString(payload)
+    if event.HasField("summary") and event.step > step:
+      dropped = True
+    else:
+      keep.append(raw)
+  if dropped:
+    tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path))
+    with open(tmp, "wb") as fh:
+      fh.writelines(keep)
+    os.replace(tmp, path)
+
+
+def read_events(log_dir: str) -> list:
+  """(step, tag, value) of every scalar in a directory's event files, in
+  file order."""
+  from tensorboardX.proto.event_pb2 import Event
+  out = []
+  for path in sorted(glob.glob(os.path.join(log_dir, "events.out.tfevents.*"))):
+    for _, payload in _records(path):
+      event = Event.FromString(payload)
+      for v in event.summary.value:
+        out.append((event.step, v.tag, v.simple_value))
+  return out
 
 
 def read_metrics(model_dir: str, split: str = "train") -> dict:

@@ -6,8 +6,10 @@
   schedule  step -> learning rate (linear warmup, then constant / cosine /
             rsqrt); also reported as the `learning_rate` metric.
 
-Weight decay never touches norm scales, biases or `fam_prompt`; embeddings
-only with `decay_embeddings=True`.
+Weight decay never touches norm scales, biases, `fam_prompt` or LoRA
+weights (`lora_a`, `lora_b`: decay would pull the adapted model back to the
+base model, not towards small weights); embeddings only with
+`decay_embeddings=True`.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ import gin
 import jax
 import jax.numpy as jnp
 import optax
+
+from famjax.lora import LORA_NAMES
 
 SCHEDULES = ("constant", "cosine", "rsqrt")
 OPTIMIZERS = ("adamw", "adafactor")
@@ -68,7 +72,8 @@ def decay_mask(params, decay_embeddings: bool = False):
   def decide(path, _):
     name = _path_name(path)
     leaf = name.rsplit("/", 1)[-1]
-    if "norm" in name or leaf == "bias" or "fam_prompt" in name:
+    if ("norm" in name or leaf in ("bias",) + LORA_NAMES or
+        "fam_prompt" in name):
       return False
     if leaf == "embedding":
       return decay_embeddings

@@ -1,4 +1,5 @@
-"""The train state on a ("data", "fsdp", "tensor") mesh (famjax.partitioning).
+"""The train state on a ("data", "fsdp", "tensor") mesh (famjax.partitioning),
+and the processes of a multi-host run (`init_distributed`).
 
 Parameters are sharded by their logical axes (the partitioning rules table);
 optimizer moments follow their parameter (factored Adafactor statistics and
@@ -6,6 +7,8 @@ scalars are replicated); step, RNG and the kept RSP state are replicated;
 batches are split over data x fsdp.
 """
 from __future__ import annotations
+
+import os
 
 import jax
 import numpy as np
@@ -39,11 +42,6 @@ def state_shardings(model, state, tx, keys, mesh, rules=None):
   return out
 
 
-def place(tree, shardings):
-  """Put every array of `tree` on the mesh (works across hosts)."""
-  return partitioning.shard_params(tree, shardings)
-
-
 def abstract(tree):
   """ShapeDtypeStructs carrying each array's sharding (restore targets)."""
   return jax.tree.map(
@@ -60,3 +58,18 @@ def to_host(tree):
       return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(jax.device_get(x))
   return jax.tree.map(get, tree)
+
+
+def init_distributed():
+  """jax.distributed.initialize from FAMJAX_COORDINATOR_ADDRESS,
+  FAMJAX_NUM_PROCESSES, FAMJAX_PROCESS_ID when set, else the cluster's own
+  environment (TPU pods, SLURM, ...)."""
+  env = os.environ
+  kw = {}
+  if env.get("FAMJAX_COORDINATOR_ADDRESS"):
+    kw = dict(coordinator_address=env["FAMJAX_COORDINATOR_ADDRESS"],
+              num_processes=int(env["FAMJAX_NUM_PROCESSES"]),
+              process_id=int(env["FAMJAX_PROCESS_ID"]))
+  if env.get("JAX_PLATFORMS", "") == "cpu":
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(**kw)

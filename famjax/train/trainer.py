@@ -1,4 +1,7 @@
-"""Train and eval steps over `nnx.split` state (SPEC "Training-only behaviour").
+"""The jitted train and eval steps, and the train state they update.
+
+Training-only behaviour (Random Position Offset, Random State Passing) is
+that of docs/fam.md; `famjax.train.loop` runs these steps.
 
 The train state is a plain dict pytree (what the checkpoints hold):
   step       int32, updates done so far
@@ -22,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Callable, Optional
+from typing import Callable
 
 import gin
 import jax
@@ -43,7 +46,7 @@ class StepConfig:
 
   microbatches: gradient accumulation steps (must divide the batch size).
   p_rsp: Random State Passing probability (FAM mode; 0 disables it).
-  random_position_offset: SPEC's Random Position Offset on/off.
+  random_position_offset: Random Position Offset (docs/fam.md) on/off.
   z_loss: weight of the log(Z)^2 auxiliary loss (0 = off).
   """
   microbatches: int = 1
@@ -268,7 +271,7 @@ def _replicated(shardings):
 
 def make_eval_step(model, *, jit: bool = True, params_shardings=None,
                    batch_sharding=None):
-  """(params, batch) -> summed stats; no offset, initial FAM (SPEC)."""
+  """(params, batch) -> summed stats; no offset, initial FAM (docs/fam.md)."""
   graphdef, _, rest = nnx.split(model, nnx.Param, ...)
 
   def step(params, batch):
