@@ -10,7 +10,6 @@ Resume and load-params are two different operations:
 from __future__ import annotations
 
 import collections
-import dataclasses
 import json
 import logging
 import os
@@ -25,6 +24,7 @@ from flax import nnx
 from famjax import partitioning
 from famjax.config import AttentionConfig, ModelConfig
 from famjax.train import checkpoints as ckpt_lib
+from famjax.train import run_checks
 from famjax.train import sharding
 from famjax.train import trainer
 from famjax.train.metrics import MetricsWriter
@@ -42,29 +42,7 @@ class NonFiniteLoss(TrainError):
   pass
 
 
-# ------------------------------------------------------------ configuration
-def build_config(model_config: Optional[ModelConfig], attention, overrides,
-                 load_params_from: Optional[str]) -> ModelConfig:
-  """The run's ModelConfig: gin's, or LOAD_PARAMS_FROM's with changes."""
-  if model_config is None:
-    if not load_params_from:
-      raise ValueError("train.model_config is not set: bind it "
-                       "(e.g. include gin/models/tiny.gin) or set "
-                       "train.load_params_from to take the config of a model "
-                       "directory.")
-    from famjax.params_io import load_config
-    model_config = load_config(load_params_from)
-  changes = dict(overrides or {})
-  if attention is not None:
-    changes["attention"] = attention
-  known = {f.name for f in dataclasses.fields(ModelConfig)}
-  unknown = sorted(set(changes) - known)
-  if unknown:
-    raise ValueError(f"train.model_overrides has unknown ModelConfig fields "
-                     f"{unknown}.")
-  return dataclasses.replace(model_config, **changes).validate()
-
-
+# ------------------------------------------------------------ helpers
 def _data_fn(data_fn):
   if data_fn is not None:
     return data_fn
@@ -198,9 +176,12 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
   task: seqio task name (famjax.data.tasks), for train_split and eval_split.
   num_steps: total optimizer steps of the run (a resumed run stops there).
   batch_size: global batch size in sequences of seq_len tokens.
-  model_config / attention / model_overrides: the model; attention and
-    model_overrides (a dict of ModelConfig fields, e.g. lora_rank) change
-    model_config or, when it is None, the config of load_params_from.
+  model_config: the model (MODEL, a gin/models/*.gin file), or None to take
+    the config of load_params_from.
+  attention: the run's attention (ATTENTION, a gin/attention/*.gin file):
+    the one way to set it; it replaces the attention of model_config.
+  model_overrides: a dict of other ModelConfig fields to change (e.g.
+    lora_rank, dtype); not 'attention'.
   load_params_from: famjax model directory to initialise the weights from
     (ignored, with a log line, when model_dir already has checkpoints).
   trainable: 'all', 'lora' (LoRA weights + fam_prompt) or 'regex:PATTERN'.
@@ -210,7 +191,8 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
   save_every / keep_checkpoints / async_checkpoints: checkpoint policy; the
     last step and a SIGTERM'd step are saved too.
   export: write MODEL_DIR/export as a model directory at the end.
-  overwrite: delete existing checkpoints and logs and start from scratch.
+  overwrite: delete existing checkpoints and logs and start from scratch
+    (only once the whole configuration is checked).
   data_fn: iterator factory with famjax.data.pipeline.make_iterator's
     signature (default: that function).
   mesh_shape: ("data", "fsdp", "tensor") sizes or a dict (one may be -1);
@@ -221,15 +203,21 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
   if multi_host:
     init_distributed()
   chief = jax.process_index() == 0
-  step_cfg = (step_config or trainer.StepConfig()).validate(batch_size)
+  cfg, step_cfg, mesh, rules = run_checks.check_run(   # before any write
+      num_steps=num_steps, batch_size=batch_size, seq_len=seq_len,
+      eval_every=eval_every, eval_batches=eval_batches, save_every=save_every,
+      keep_checkpoints=keep_checkpoints, model_config_=model_config,
+      attention=attention, model_overrides=model_overrides,
+      load_params_from=load_params_from, step_config=step_config, task=task,
+      train_split=train_split, eval_split=eval_split,
+      default_data=data_fn is None, mesh_shape=mesh_shape,
+      sharding_rules=sharding_rules)
   model_dir = os.path.abspath(os.path.expanduser(model_dir))
   os.makedirs(model_dir, exist_ok=True)
   if overwrite:
     log.warning("train.overwrite=True: deleting checkpoints and logs in %s",
                 model_dir)
     ckpt_lib.remove_run(model_dir)
-  cfg = build_config(model_config, attention, model_overrides,
-                     load_params_from)
   model = _build(cfg, seed)
   ckpts = ckpt_lib.Checkpoints(model_dir, keep=keep_checkpoints,
                                async_save=async_checkpoints)
@@ -249,8 +237,6 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
   tx, schedule = make_optimizer(trainer.split_params(params0, keys)[0],
                                 num_steps)
   state = trainer.init_state(model, tx, keys, seed=seed)
-  mesh = partitioning.make_mesh(mesh_shape)
-  rules = partitioning.make_rules(sharding_rules)
   state_sh = sharding.state_shardings(model, state, tx, keys, mesh, rules)
   state = sharding.place(state, state_sh)
   batch_sh = partitioning.data_sharding(mesh, rules)
@@ -296,12 +282,15 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
     return make_it(task, eval_split, seq_len=seq_len, batch_size=batch_size,
                    seed=0, shuffle=False, pack=pack, **shard)
 
-  step_fn = trainer.make_train_step(model, tx, schedule, keys, step_cfg,
-                                    state_shardings=state_sh,
-                                    batch_sharding=batch_sh)
-  eval_step = trainer.make_eval_step(
+  sizes = dict(cfg=cfg, batch_size=batch_size, seq_len=seq_len,
+               microbatches=step_cfg.microbatches, n_params=n_all,
+               n_trainable=n_train)
+  step_fn = run_checks.explain_oom(trainer.make_train_step(
+      model, tx, schedule, keys, step_cfg, state_shardings=state_sh,
+      batch_sharding=batch_sh), **sizes)
+  eval_step = run_checks.explain_oom(trainer.make_eval_step(
       model, params_shardings=state_sh["params"],
-      batch_sharding=batch_sh) if eval_split else None
+      batch_sharding=batch_sh), what="eval step", **sizes) if eval_split else None
   writer = MetricsWriter(model_dir, start_step=start, num_steps=num_steps,
                          tensorboard=tensorboard, progress_bar=progress_bar,
                          enabled=chief)
