@@ -52,7 +52,7 @@ PLACEHOLDERS = [
 
 OVERRIDES = {
     "train": ["--gin.train.num_steps=2", "--gin.train.batch_size=2",
-              "--gin.train.seq_len=64", "--gin.train.eval_every=0",
+              "--gin.train.seq_len=256", "--gin.train.eval_every=0",
               "--gin.train.eval_batches=1", "--gin.train.save_every=2",
               "--gin.train.progress_bar=False",
               "--gin.StepConfig.microbatches=1",

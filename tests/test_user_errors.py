@@ -211,3 +211,42 @@ def test_token_ids_outside_the_vocabulary():
   # Inside jit the ids are not known (not checked); the model still runs.
   out = nnx.jit(lambda m, t: m(t))(model, good)
   assert out.shape == (1, 8, 16) and np.isfinite(np.asarray(out)).all()
+
+
+# -------------------------------------------------------------------- CLIs
+def test_help_lists_exactly_the_commands_that_exist(capsys):
+  import importlib
+  import re
+  from famjax import cli
+  assert cli.main(["--help"]) == 0
+  listed = re.findall(r"^  (\w+) ", capsys.readouterr().out, re.M)
+  assert listed == list(cli.COMMANDS)
+  for name, (module, _) in cli.COMMANDS.items():
+    assert module.startswith("famjax."), name     # installed with famjax
+    assert callable(importlib.import_module(module).main), name
+  assert cli.main(["bench"]) == 2
+
+
+def test_attention_flags_mean_the_same_everywhere():
+  import argparse
+  from famjax import cli_args
+  p = argparse.ArgumentParser()
+  cli_args.add_attention_flags(p)
+  fam = AttentionConfig("fam", 64, 2, 8)
+
+  def att(argv, base=None):
+    return cli_args.attention_from_args(p.parse_args(argv), base)
+
+  assert att([]) is None and att([], fam) is None
+  assert att(["--attention", "bswa"], fam) == AttentionConfig("bswa", 64, 2, 8)
+  assert att(["--attention", "fam", "--block_size", "32"]) == AttentionConfig(
+      "fam", 32, AttentionConfig().memory_segments, AttentionConfig().fam_length)
+  assert att(["--fam_length", "4"], fam) == AttentionConfig("fam", 64, 2, 4)
+  assert att(["--attention", "full"], fam) == AttentionConfig("full", 64, 2, 8)
+  for argv, base in ((["--block_size", "8"], None),
+                     (["--block_size", "8"], AttentionConfig("full")),
+                     (["--attention", "full", "--block_size", "8"], None),
+                     (["--attention", "fam", "--fam_length", "99",
+                       "--block_size", "8"], None)):
+    with pytest.raises(UserError):
+      att(argv, base)
