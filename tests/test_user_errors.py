@@ -108,6 +108,14 @@ def test_pretrain_without_model_and_attention_names_both(tmp_path, capfd):
   line = one_error(capfd)
   assert "not set: ATTENTION, MODEL" in line
   assert "gin/models/*.gin" in line and "gin/attention/*.gin" in line
+  # A task by name only: the model file reads VOCAB_SIZE, which nothing set.
+  rc = main_in_process(f"--gin_file={REPO}/gin/runs/pretrain.gin",
+                       f"--gin_file={REPO}/gin/models/tiny.gin",
+                       f"--gin_file={REPO}/gin/attention/fam.gin",
+                       "--gin.TASK=passkey_byte",
+                       f"--gin.MODEL_DIR={tmp_path}/run")
+  assert rc == 2
+  assert "used but never set: VOCAB_SIZE" in one_error(capfd)
   assert not (tmp_path / "run").exists()
 
 
@@ -158,6 +166,17 @@ def test_attention_has_one_path(tiny_gin, tmp_path, capfd):
 
 
 # ------------------------------------------------------------ other errors
+def test_required_parameter_left_unbound(tmp_path, capfd):
+  from tests.conftest import TINY_RUN
+  f = tmp_path / "no_steps.gin"
+  f.write_text(TINY_RUN.replace("train.num_steps = 6\n", ""))
+  rc = main_in_process(f"--gin_file={f}", f"--gin.MODEL_DIR={tmp_path}/run")
+  assert rc == 2
+  line = one_error(capfd)
+  assert "Required bindings for `train`" in line and "num_steps" in line
+  assert not (tmp_path / "run").exists()
+
+
 def test_internal_error_keeps_its_traceback(tiny_gin, tmp_path, monkeypatch):
   from famjax.train import loop
 

@@ -183,21 +183,19 @@ def parse(files: Sequence[str], bindings: Sequence[str],
       raise GinFlagError(explain(e, f" (in --gin binding {b.strip()!r})")) from None
   missing = unset_required_macros()
   if missing:
-    raise GinFlagError(
-        "required gin macro(s) not set: " + ", ".join(missing) + "; pass "
-        + " ".join(f"--gin.{m}=..." for m in missing) + _hints(missing) +
-        " (see the header of the run file).")
+    raise GinFlagError("required gin macro(s) not set: " + _how_to_set(missing)
+                       + "; see the header of the run file.")
   undefined = sorted(set(macro_references()) - set(macros()))
   if undefined:
-    raise GinFlagError(
-        "gin macro(s) used but never set: " + ", ".join(undefined) + "; pass "
-        + " ".join(f"--gin.{m}=..." for m in undefined) + _hints(undefined)
-        + ".")
+    raise GinFlagError("gin macro(s) used but never set: "
+                       + _how_to_set(undefined) + ".")
 
 
-def _hints(names) -> str:
+def _how_to_set(names) -> str:
   hints = [f"{n}: {MACRO_HINTS[n]}" for n in names if n in MACRO_HINTS]
-  return f" or give {'; '.join(hints)}" if hints else ""
+  return (", ".join(names) + "; set them with "
+          + " ".join(f"--gin.{m}=..." for m in names)
+          + (f" or a gin file ({'; '.join(hints)})" if hints else ""))
 
 
 def macros() -> dict:

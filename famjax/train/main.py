@@ -122,7 +122,7 @@ def _run(argv) -> int:
     if debug:
       raise
     return _fail(_clean(e), 2)
-  except (ValueError, TypeError) as e:
+  except (ValueError, TypeError, RuntimeError) as e:
     msg = _clean(e)
     if debug or not _is_gin_binding_error(msg):
       raise                      # a bug: keep the traceback
