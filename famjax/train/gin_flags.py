@@ -26,14 +26,12 @@ from famjax.errors import UserError
 _REQUIRED = "%gin.REQUIRED"
 _MACRO_DEF = re.compile(r"^\s*([A-Za-z_]\w*)\s*=")
 
-# What sets each conventional macro, for the "not set" message.
+# The gin files that set the conventional macros, for the "not set" message.
 MACRO_HINTS = {
-    "MODEL_DIR": "the run directory",
     "MODEL": "a gin/models/*.gin file",
     "ATTENTION": "a gin/attention/*.gin file",
     "TASK": "a gin/tasks/*.gin file",
     "VOCAB_SIZE": "a gin/tasks/*.gin file",
-    "LOAD_PARAMS_FROM": "a famjax model directory",
 }
 
 
