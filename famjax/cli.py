@@ -1,4 +1,10 @@
-"""`famjax train | eval | convert | generate | bench`."""
+"""`famjax COMMAND [ARGS]`: the commands are those of the COMMANDS table
+(`famjax --help` lists them; `famjax COMMAND --help` explains one).
+
+Each command is a module with `main(argv) -> exit code` inside the famjax
+package. Exit codes: 0 success, 2 a mistake the user can fix (one line on
+stderr), anything else a failure.
+"""
 from __future__ import annotations
 
 import importlib
@@ -8,13 +14,13 @@ COMMANDS = {
     "train": ("famjax.train.main", "train the model of a gin run file"),
     "convert": ("famjax.convert.cli", "convert Hugging Face / GGUF checkpoints"),
     "generate": ("famjax.decode", "stream-decode from a prompt"),
-    "bench": ("benchmarks.attention_modes", "time full / bswa / fam"),
 }
 
 
 def usage() -> str:
   lines = ["usage: famjax COMMAND [ARGS]", "", "commands:"]
   lines += [f"  {name:<9} {doc}" for name, (_, doc) in COMMANDS.items()]
+  lines += ["", "famjax COMMAND --help explains one."]
   return "\n".join(lines)
 
 
@@ -25,7 +31,8 @@ def main(argv=None) -> int:
     return 0
   cmd, rest = argv[0], argv[1:]
   if cmd not in COMMANDS:
-    print(f"famjax: unknown command {cmd!r}\n\n{usage()}", file=sys.stderr)
+    print(f"famjax: error: unknown command {cmd!r}\n\n{usage()}",
+          file=sys.stderr)
     return 2
   module = importlib.import_module(COMMANDS[cmd][0])
   return int(module.main(rest) or 0)

@@ -2,8 +2,8 @@
 
 Both dataclasses are frozen, hashable (so they can be static arguments of
 `jax.jit`) and gin-configurable. `validate()` turns every configuration that
-breaks ../SPEC (or simply cannot be built) into one `ValueError` that names the
-field to fix.
+breaks the attention contract (docs/fam.md) or simply cannot be built into
+one `UserError` (a ValueError) that names the field to fix.
 """
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import json
 from typing import Optional, Tuple
 
 import gin
+
+from famjax.errors import UserError
 
 ATTENTION_MODES = ("full", "bswa", "fam")
 ACTIVATIONS = ("silu", "gelu_tanh", "gelu")
@@ -25,7 +27,7 @@ LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class AttentionConfig:
-  """How tokens see each other (../shared/SPEC.md).
+  """How tokens see each other (docs/fam.md).
 
   mode: "full" (causal), "bswa" (block sliding window) or "fam" (BSWA plus
     feedback attention memory).
@@ -40,28 +42,28 @@ class AttentionConfig:
 
   def validate(self) -> "AttentionConfig":
     if self.mode not in ATTENTION_MODES:
-      raise ValueError(
+      raise UserError(
           f"AttentionConfig.mode={self.mode!r} is unknown; choose one of "
           f"{ATTENTION_MODES}.")
     if self.mode == "full":
       return self
     if not isinstance(self.block_size, int) or self.block_size <= 0:
-      raise ValueError(
+      raise UserError(
           f"AttentionConfig.block_size={self.block_size!r} must be a positive "
           "integer.")
     if not isinstance(self.memory_segments, int) or self.memory_segments < 0:
-      raise ValueError(
+      raise UserError(
           f"AttentionConfig.memory_segments={self.memory_segments!r} must be an "
           "integer >= 0.")
     if self.mode == "fam":
       if not isinstance(self.fam_length, int) or self.fam_length < 1:
-        raise ValueError(
+        raise UserError(
             f"AttentionConfig.fam_length={self.fam_length!r} must be an "
             "integer >= 1.")
       if self.fam_length > self.block_size:
-        raise ValueError(
+        raise UserError(
             f"AttentionConfig.fam_length={self.fam_length} is larger than "
-            f"block_size={self.block_size}; SPEC requires 1 <= F <= B.")
+            f"block_size={self.block_size}; FAM needs 1 <= F <= B.")
     return self
 
   @property
@@ -143,71 +145,71 @@ class ModelConfig:
     def positive(name):
       v = getattr(self, name)
       if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-        raise ValueError(f"ModelConfig.{name}={v!r} must be a positive integer.")
+        raise UserError(f"ModelConfig.{name}={v!r} must be a positive integer.")
     for name in ("vocab_size", "d_model", "num_layers", "num_heads", "ffn_dim"):
       positive(name)
     if self.num_kv_heads is not None:
       positive("num_kv_heads")
       if self.num_heads % self.num_kv_heads:
-        raise ValueError(
+        raise UserError(
             f"ModelConfig.num_kv_heads={self.num_kv_heads} must divide "
             f"num_heads={self.num_heads} (grouped-query attention).")
     if self.head_dim is not None:
       positive("head_dim")
     elif self.d_model % self.num_heads:
-      raise ValueError(
+      raise UserError(
           f"ModelConfig.num_heads={self.num_heads} does not divide "
           f"d_model={self.d_model}; set head_dim explicitly.")
     if self.hd % 2:
-      raise ValueError(f"ModelConfig.head_dim={self.hd} must be even for RoPE.")
+      raise UserError(f"ModelConfig.head_dim={self.hd} must be even for RoPE.")
     if self.activation not in ACTIVATIONS:
-      raise ValueError(f"ModelConfig.activation={self.activation!r} is unknown; "
+      raise UserError(f"ModelConfig.activation={self.activation!r} is unknown; "
                        f"choose one of {ACTIVATIONS}.")
     if self.rope_scaling not in ROPE_SCALINGS:
-      raise ValueError(f"ModelConfig.rope_scaling={self.rope_scaling!r} is "
+      raise UserError(f"ModelConfig.rope_scaling={self.rope_scaling!r} is "
                        f"unknown; choose one of {ROPE_SCALINGS}.")
     if self.rope_theta <= 0:
-      raise ValueError(f"ModelConfig.rope_theta={self.rope_theta} must be > 0.")
+      raise UserError(f"ModelConfig.rope_theta={self.rope_theta} must be > 0.")
     if self.layer_types is not None:
       if len(self.layer_types) != self.num_layers:
-        raise ValueError(
+        raise UserError(
             f"ModelConfig.layer_types has {len(self.layer_types)} entries but "
             f"num_layers={self.num_layers}.")
       bad = [t for t in self.layer_types if t not in LAYER_TYPES]
       if bad:
-        raise ValueError(f"ModelConfig.layer_types has unknown entries {bad}; "
+        raise UserError(f"ModelConfig.layer_types has unknown entries {bad}; "
                          f"choose from {LAYER_TYPES}.")
       if any(self.local_layers) and not self.sliding_window:
-        raise ValueError("ModelConfig.layer_types has 'local' layers but "
+        raise UserError("ModelConfig.layer_types has 'local' layers but "
                          "sliding_window is not set.")
     if self.sliding_window is not None and self.sliding_window <= 0:
-      raise ValueError(
+      raise UserError(
           f"ModelConfig.sliding_window={self.sliding_window} must be > 0.")
     for name in ("dtype", "param_dtype"):
       if getattr(self, name) not in DTYPES:
-        raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r} is "
+        raise UserError(f"ModelConfig.{name}={getattr(self, name)!r} is "
                          f"unknown; choose one of {DTYPES}.")
     if self.remat_policy not in REMAT_POLICIES:
-      raise ValueError(f"ModelConfig.remat_policy={self.remat_policy!r} is "
+      raise UserError(f"ModelConfig.remat_policy={self.remat_policy!r} is "
                        f"unknown; choose one of {REMAT_POLICIES}.")
     if (not isinstance(self.lora_rank, int) or isinstance(self.lora_rank, bool)
         or self.lora_rank < 0):
-      raise ValueError(f"ModelConfig.lora_rank={self.lora_rank!r} must be an "
+      raise UserError(f"ModelConfig.lora_rank={self.lora_rank!r} must be an "
                        "integer >= 0 (0 turns LoRA off).")
     if (not isinstance(self.lora_alpha, (int, float)) or
         isinstance(self.lora_alpha, bool) or not self.lora_alpha > 0):
-      raise ValueError(f"ModelConfig.lora_alpha={self.lora_alpha!r} must be a "
+      raise UserError(f"ModelConfig.lora_alpha={self.lora_alpha!r} must be a "
                        "number > 0.")
     if isinstance(self.lora_targets, str) or not isinstance(
         self.lora_targets, (tuple, list)):
-      raise ValueError(f"ModelConfig.lora_targets={self.lora_targets!r} must be "
+      raise UserError(f"ModelConfig.lora_targets={self.lora_targets!r} must be "
                        f"a tuple of names from {LORA_TARGETS}.")
     bad = [t for t in self.lora_targets if t not in LORA_TARGETS]
     if bad:
-      raise ValueError(f"ModelConfig.lora_targets has unknown entries {bad}; "
+      raise UserError(f"ModelConfig.lora_targets has unknown entries {bad}; "
                        f"choose from {LORA_TARGETS}.")
     if not isinstance(self.attention, AttentionConfig):
-      raise ValueError("ModelConfig.attention must be an AttentionConfig.")
+      raise UserError("ModelConfig.attention must be an AttentionConfig.")
     self.attention.validate()
     return self
 
@@ -225,7 +227,7 @@ class ModelConfig:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown:
-      raise ValueError(f"unknown ModelConfig fields {unknown}")
+      raise UserError(f"unknown ModelConfig fields {unknown}")
     att = d.pop("attention", None) or {}
     if isinstance(att, dict):
       att = AttentionConfig(**att)

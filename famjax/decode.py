@@ -23,14 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-
-def check_token_ids(tokens, vocab_size: int, what: str = "tokens"):
-  """ValueError naming the offending id if any token is outside the vocab."""
-  arr = np.asarray(tokens)
-  if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
-    bad = int(arr.max() if arr.max() >= vocab_size else arr.min())
-    raise ValueError(f"{what} contain id {bad}, outside the model vocabulary "
-                     f"[0, {vocab_size}); use the model's own tokenizer.")
+from famjax.token_ids import check_token_ids  # noqa: F401  (public here too)
 
 
 @functools.lru_cache(maxsize=16)

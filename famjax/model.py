@@ -27,6 +27,7 @@ from famjax import attention as attn
 from famjax.config import ModelConfig
 from famjax.layers import Dense, Embed, GatedMLP, RMSNorm
 from famjax.layers.rope import apply_rope, inv_frequencies, rope_angles
+from famjax.token_ids import check_token_ids
 
 _REMAT = {
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -234,6 +235,7 @@ class Transformer(nnx.Module):
       Offset; training only).
     return_state: also return {"fam_state": last Phi per layer [L, b, F, d]}.
     """
+    check_token_ids(tokens, self.cfg.vocab_size)
     cfg, att = self.cfg, self.cfg.attention
     b, t = tokens.shape
     x = self._embed(tokens)
@@ -343,6 +345,7 @@ class Transformer(nnx.Module):
     In bswa / fam mode the chunk must not cross a block boundary
     (see `famjax.decode.feed` for a driver that splits any length).
     """
+    check_token_ids(tokens, self.cfg.vocab_size)
     cfg, att = self.cfg, self.cfg.attention
     c = tokens.shape[1]
     pos0 = state["pos"]

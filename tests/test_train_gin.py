@@ -11,7 +11,7 @@ def test_unknown_binding_subprocess_clear_error(tiny_gin, tmp_path):
                            "--gin.train.num_step=3")
   assert rc == 2
   assert "Traceback" not in err
-  lines = [l for l in err.splitlines() if "error" in l.lower()]
+  lines = [l for l in err.splitlines() if l.startswith("famjax")]
   assert lines == ["famjax train: error: unknown gin parameter train.num_step; "
                    "did you mean 'num_steps'? (in --gin binding "
                    "'train.num_step = 3')"]

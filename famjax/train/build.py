@@ -1,9 +1,10 @@
 """What a training run is built from before its first step.
 
-`build_config` (the run's ModelConfig), `build_state` (model, optimizer and
-train state on the device mesh, weights optionally loaded from a model
-directory), `data_factory` (the task's iterators), and what a run writes besides checkpoints and metrics
-(`write_operative_config`, `export_model`). `famjax.train.loop` runs them.
+`build_state` (model, optimizer and train state on the device mesh, weights
+optionally loaded from a model directory), `data_factory` (the task's
+iterators), and what a run writes besides checkpoints and metrics
+(`write_operative_config`, `export_model`). The run's ModelConfig comes from
+`famjax.train.run_checks`; `famjax.train.loop` runs them.
 """
 from __future__ import annotations
 
@@ -26,28 +27,6 @@ from famjax.train.optimizers import make_optimizer
 log = logging.getLogger("famjax.train")
 
 
-def build_config(model_config: Optional[ModelConfig], attention, overrides,
-                 load_params_from: Optional[str]) -> ModelConfig:
-  """The run's ModelConfig: gin's, or LOAD_PARAMS_FROM's with changes."""
-  if model_config is None:
-    if not load_params_from:
-      raise ValueError("train.model_config is not set: bind it "
-                       "(e.g. include gin/models/tiny.gin) or set "
-                       "train.load_params_from to take the config of a model "
-                       "directory.")
-    from famjax.params_io import load_config
-    model_config = load_config(load_params_from)
-  changes = dict(overrides or {})
-  if attention is not None:
-    changes["attention"] = attention
-  known = {f.name for f in dataclasses.fields(ModelConfig)}
-  unknown = sorted(set(changes) - known)
-  if unknown:
-    raise ValueError(f"train.model_overrides has unknown ModelConfig fields "
-                     f"{unknown}.")
-  return dataclasses.replace(model_config, **changes).validate()
-
-
 @dataclasses.dataclass
 class Built:
   """The model side of a run (see `build_state`)."""
@@ -60,6 +39,8 @@ class Built:
   batch_sharding: Any        # NamedSharding of [batch, length] inputs
   mesh: Any
   rules: Any
+  n_params: int = 0          # all parameters
+  n_trainable: int = 0       # trainable parameters
 
 
 def build_state(cfg: ModelConfig, *, seed: int, trainable: str,
@@ -86,13 +67,15 @@ def build_state(cfg: ModelConfig, *, seed: int, trainable: str,
   log.info("mesh %s over %d devices (%d processes)", dict(mesh.shape),
            mesh.size, jax.process_count())
   sizes = {k: int(np.prod(v.shape)) for k, v in trainer.flat(params).items()}
+  n_params = sum(sizes.values())
+  n_trainable = sum(n for k, n in sizes.items() if k in keys)
   log.info("model: %s attention, %d parameters, %d trainable",
-           cfg.attention.mode, sum(sizes.values()),
-           sum(n for k, n in sizes.items() if k in keys))
+           cfg.attention.mode, n_params, n_trainable)
   return Built(model=model, keys=keys, tx=tx, schedule=schedule, state=state,
                state_shardings=state_sh,
                batch_sharding=partitioning.data_sharding(mesh, rules),
-               mesh=mesh, rules=rules)
+               mesh=mesh, rules=rules, n_params=n_params,
+               n_trainable=n_trainable)
 
 
 def data_factory(data_fn: Optional[Callable]) -> Callable:

@@ -1,8 +1,14 @@
 """t5x-style gin flags: --gin_file (repeatable), --gin.NAME=VALUE, --gin_search_paths.
 
 Mistakes a user can make (a file that does not exist, a binding of an unknown
-configurable or parameter, a required macro left unset) become one
-`GinFlagError` naming the thing to fix and the closest registered names.
+configurable, parameter or macro, a required macro left unset, a macro used
+but never set) become one `GinFlagError` naming the thing to fix and the
+closest registered names.
+
+The run files follow one convention (t5x-style): gin/models/*.gin set MODEL,
+gin/attention/*.gin set ATTENTION, gin/tasks/*.gin set TASK (and the
+vocabulary), and gin/runs/*.gin consume them by macro, declaring the ones a
+user must give as `%gin.REQUIRED`.
 """
 from __future__ import annotations
 
@@ -15,11 +21,22 @@ from typing import List, Sequence, Tuple
 
 import gin
 
+from famjax.errors import UserError
+
 _REQUIRED = "%gin.REQUIRED"
+_MACRO_DEF = re.compile(r"^\s*([A-Za-z_]\w*)\s*=")
+
+# The gin files that set the conventional macros, for the "not set" message.
+MACRO_HINTS = {
+    "MODEL": "a gin/models/*.gin file",
+    "ATTENTION": "a gin/attention/*.gin file",
+    "TASK": "a gin/tasks/*.gin file",
+    "VOCAB_SIZE": "a gin/tasks/*.gin file",
+}
 
 
-class GinFlagError(ValueError):
-  pass
+class GinFlagError(UserError):
+  """A gin file, binding or macro mistake; the message names what to fix."""
 
 
 def parse_args(argv: Sequence[str]) -> Tuple[List[str], List[str], List[str]]:
@@ -150,22 +167,74 @@ def parse(files: Sequence[str], bindings: Sequence[str],
       gin.parse_config_file(path)
     except (ValueError, SyntaxError, ImportError, IOError) as e:
       raise GinFlagError(explain(e, f" (in {path})")) from None
+  known = set(macros()) | set(macro_references())
   for b in bindings:
+    m = _MACRO_DEF.match(b)
+    if m and m.group(1) not in known:
+      raise GinFlagError(
+          f"unknown gin macro {m.group(1)!r}{_suggest(m.group(1), known)} "
+          f"(in --gin binding {b.strip()!r}); the gin files use "
+          f"{', '.join(sorted(known)) or 'no macros'}.")
     try:
       gin.parse_config(b)
     except (ValueError, SyntaxError, ImportError) as e:
       raise GinFlagError(explain(e, f" (in --gin binding {b.strip()!r})")) from None
   missing = unset_required_macros()
   if missing:
-    raise GinFlagError(
-        "required gin macro(s) not set: " + ", ".join(missing) + "; pass "
-        + " ".join(f"--gin.{m}=..." for m in missing) +
-        " (see the header of the run file).")
+    raise GinFlagError("required gin macro(s) not set: " + _how_to_set(missing)
+                       + "; see the header of the run file.")
+  undefined = sorted(set(macro_references()) - set(macros()))
+  if undefined:
+    raise GinFlagError("gin macro(s) used but never set: "
+                       + _how_to_set(undefined) + ".")
+
+
+def _how_to_set(names) -> str:
+  hints = [f"{n}: {MACRO_HINTS[n]}" for n in names if n in MACRO_HINTS]
+  return (", ".join(names) + "; set them with "
+          + " ".join(f"--gin.{m}=..." for m in names)
+          + (f" or a gin file ({'; '.join(hints)})" if hints else ""))
+
+
+def macros() -> dict:
+  """{macro name: value} of the macros the parsed config sets."""
+  return {scope: values.get("value")
+          for (scope, selector), values in gin.config._CONFIG.items()  # pylint: disable=protected-access
+          if selector == "gin.macro"}
+
+
+def macro_references() -> dict:
+  """{macro name: [bindings that read it]} of the parsed config."""
+  out = {}
+  for (scope, selector), values in gin.config._CONFIG.items():  # pylint: disable=protected-access
+    where = f"{scope}/{selector}" if scope else selector
+    if selector == "gin.macro":
+      where = scope
+    for param, value in values.items():
+      for name in _macro_names(value):
+        out.setdefault(name, []).append(
+            where if selector == "gin.macro" else f"{where}.{param}")
+  return out
+
+
+def _macro_names(value):
+  """Names of the %MACRO references inside a bound value."""
+  if isinstance(value, gin.config.ConfigurableReference):
+    sel = getattr(value, "_scoped_selector", "")
+    if sel.endswith("/gin.macro"):
+      yield sel[:-len("/gin.macro")]
+  elif isinstance(value, dict):
+    for v in value.values():
+      yield from _macro_names(v)
+  elif isinstance(value, (list, tuple, set)):
+    for v in value:
+      yield from _macro_names(v)
 
 
 def unset_required_macros() -> List[str]:
-  out = []
-  for (scope, selector), values in gin.config._CONFIG.items():  # pylint: disable=protected-access
-    if selector == "gin.macro" and repr(values.get("value")) == _REQUIRED:
-      out.append(scope)
-  return sorted(out)
+  return sorted(n for n, v in macros().items() if repr(v) == _REQUIRED)
+
+
+def unread_macros() -> List[str]:
+  """Macros the config sets that no binding reads (a gin file mistake)."""
+  return sorted(set(macros()) - set(macro_references()))

@@ -31,6 +31,7 @@ from famjax import partitioning
 from famjax.config import AttentionConfig, ModelConfig
 from famjax.train import build
 from famjax.train import checkpoints as ckpt_lib
+from famjax.train import run_checks
 from famjax.train import sharding
 from famjax.train import trainer
 from famjax.train.metrics import MetricsWriter
@@ -167,10 +168,17 @@ class TrainLoop:
     if o.multi_host:
       sharding.init_distributed()
     self.chief = jax.process_index() == 0
-    self.step_cfg = (o.step_config or trainer.StepConfig()).validate(
-        o.batch_size)
-    self.cfg = build.build_config(o.model_config, o.attention,
-                                  o.model_overrides, o.load_params_from)
+    plan = run_checks.check_run(    # everything, before any write
+        num_steps=o.num_steps, batch_size=o.batch_size, seq_len=o.seq_len,
+        eval_every=o.eval_every, eval_batches=o.eval_batches,
+        save_every=o.save_every, keep_checkpoints=o.keep_checkpoints,
+        model_config_=o.model_config, attention=o.attention,
+        model_overrides=o.model_overrides,
+        load_params_from=o.load_params_from, step_config=o.step_config,
+        task=o.task, train_split=o.train_split, eval_split=o.eval_split,
+        default_data=o.data_fn is None, mesh_shape=o.mesh_shape,
+        sharding_rules=o.sharding_rules)
+    self.cfg, self.step_cfg = plan.cfg, plan.step_cfg
     self.model_dir = os.path.abspath(os.path.expanduser(o.model_dir))
     os.makedirs(self.model_dir, exist_ok=True)
     if o.overwrite:
@@ -240,13 +248,18 @@ class TrainLoop:
       self.it.set_state(data_state)
 
   def _make_steps(self):
-    b = self.built
-    self.step_fn = trainer.make_train_step(
+    b, o = self.built, self.o
+    sizes = dict(cfg=self.cfg, batch_size=o.batch_size, seq_len=o.seq_len,
+                 microbatches=self.step_cfg.microbatches,
+                 n_params=b.n_params, n_trainable=b.n_trainable)
+    self.step_fn = run_checks.explain_oom(trainer.make_train_step(
         b.model, b.tx, b.schedule, b.keys, self.step_cfg,
-        state_shardings=b.state_shardings, batch_sharding=b.batch_sharding)
-    self.eval_step = trainer.make_eval_step(
+        state_shardings=b.state_shardings, batch_sharding=b.batch_sharding),
+        **sizes)
+    self.eval_step = run_checks.explain_oom(trainer.make_eval_step(
         b.model, params_shardings=b.state_shardings["params"],
-        batch_sharding=b.batch_sharding) if self.o.eval_split else None
+        batch_sharding=b.batch_sharding), what="eval step",
+        **sizes) if o.eval_split else None
 
   # ------------------------------------------------------------- the run
   def run(self) -> dict:

@@ -1,8 +1,10 @@
 """`famjax train --gin_file=RUN.gin --gin.NAME=VALUE ...` (also `python -m famjax.train`).
 
 Exit codes: 0 done (or saved after SIGTERM), 1 training failed (e.g. a
-non-finite loss, unreadable checkpoints), 2 a configuration mistake.
-Set FAMJAX_TRACEBACK=1 to see Python tracebacks of handled errors.
+non-finite loss, unreadable checkpoints), 2 a mistake the user can fix
+(`famjax.errors.UserError`: a gin, config, task, number or out-of-memory
+problem), printed as one line. Any other exception is a bug and keeps its
+traceback. Set FAMJAX_TRACEBACK=1 to see tracebacks of handled errors too.
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ def _setup_logging():
   logger.propagate = False
   try:
     from absl import logging as absl_logging
-    absl_logging.set_verbosity(absl_logging.WARNING)
+    absl_logging.set_verbosity(absl_logging.ERROR)  # seqio's advice lines
   except ImportError:
     pass
 
@@ -66,6 +68,11 @@ def _clean(err: BaseException) -> str:
   return "\n".join(lines).strip() or type(err).__name__
 
 
+def _is_gin_binding_error(msg: str) -> bool:
+  """gin's own message for a required parameter nobody bound."""
+  return "Required bindings" in msg or "No values supplied by Gin" in msg
+
+
 def _fail(msg: str, code: int) -> int:
   print(f"famjax train: error: {msg}", file=sys.stderr, flush=True)
   return code
@@ -92,6 +99,7 @@ def main(argv=None) -> int:
 
 
 def _run(argv) -> int:
+  from famjax.errors import UserError
   from famjax.train import gin_flags, loop
   debug = os.environ.get("FAMJAX_TRACEBACK") == "1"
   try:
@@ -110,14 +118,15 @@ def _run(argv) -> int:
     if debug:
       raise
     return _fail(_clean(e), e.exit_code)
-  except (ValueError, TypeError, FileNotFoundError, FileExistsError) as e:
-    msg = _clean(e)
-    gin_missing = "Required bindings" in msg or "No values supplied by Gin" in msg
-    if debug or (isinstance(e, TypeError) and not gin_missing):
+  except UserError as e:
+    if debug:
       raise
-    if gin_missing:
-      msg += "\n(bind them in a gin file or with --gin.NAME=VALUE)"
-    return _fail(msg, 2)
+    return _fail(_clean(e), 2)
+  except (ValueError, TypeError, RuntimeError) as e:
+    msg = _clean(e)
+    if debug or not _is_gin_binding_error(msg):
+      raise                      # a bug: keep the traceback
+    return _fail(msg + " (bind it in a gin file or with --gin.NAME=VALUE)", 2)
   if summary.get("preempted"):
     logging.getLogger("famjax.train").info(
         "stopped by a signal at step %d (checkpoint saved)", summary["step"])
