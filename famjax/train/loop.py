@@ -80,9 +80,12 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
   task: seqio task name (famjax.data.tasks), for train_split and eval_split.
   num_steps: total optimizer steps of the run (a resumed run stops there).
   batch_size: global batch size in sequences of seq_len tokens.
-  model_config / attention / model_overrides: the model; attention and
-    model_overrides (a dict of ModelConfig fields, e.g. lora_rank) change
-    model_config or, when it is None, the config of load_params_from.
+  model_config: the model (MODEL, a gin/models/*.gin file), or None to take
+    the config of load_params_from.
+  attention: the run's attention (ATTENTION, a gin/attention/*.gin file):
+    the one way to set it; it replaces the attention of model_config.
+  model_overrides: a dict of other ModelConfig fields to change (e.g.
+    lora_rank, dtype); not 'attention'.
   load_params_from: famjax model directory to initialise the weights from
     (ignored, with a log line, when model_dir already has checkpoints).
   trainable: 'all', 'lora' (LoRA weights + fam_prompt) or 'regex:PATTERN'.
@@ -95,7 +98,8 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
   save_every / keep_checkpoints / async_checkpoints: checkpoint policy; the
     last step and a SIGTERM'd step are saved too.
   export: write MODEL_DIR/export as a model directory at the end.
-  overwrite: delete existing checkpoints and logs and start from scratch.
+  overwrite: delete existing checkpoints and logs and start from scratch
+    (only once the whole configuration is checked).
   data_fn: iterator factory with famjax.data.pipeline.make_iterator's
     signature (default: that function).
   mesh_shape: ("data", "fsdp", "tensor") sizes or a dict (one may be -1);
