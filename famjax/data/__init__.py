@@ -7,6 +7,9 @@ _LAZY = {
     "DataIterator": "famjax.data.pipeline",
     "check_token_ids": "famjax.data.pipeline",
     "get_vocabulary": "famjax.data.vocab",
+    "model_vocabulary": "famjax.data.vocab",
+    "check_task_vocabulary": "famjax.data.vocab",
+    "register_for_vocabulary": "famjax.data.tasks",
     "register_passkey_task": "famjax.data.tasks",
     "register_synthetic_task": "famjax.data.tasks",
 }

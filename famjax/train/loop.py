@@ -120,8 +120,9 @@ def _write_operative_config(model_dir):
   os.replace(tmp, path)
 
 
-def export_model(path, cfg, params):
-  """Final params as a famjax model directory (LoRA merged); host 0 writes."""
+def export_model(path, cfg, params, extra_from=None):
+  """Final params as a famjax model directory (LoRA merged; extra_from's
+  tokenizer and hf_config.json kept); host 0 writes."""
   from famjax import params_io
   params = sharding.to_host(params)
   if jax.process_index() != 0:
@@ -129,7 +130,8 @@ def export_model(path, cfg, params):
   if cfg.lora_rank:
     from famjax.lora import merge_lora
     params, cfg = merge_lora(params, cfg)
-  return params_io.save_model_dir(path, cfg, params, overwrite=True)
+  return params_io.save_model_dir(path, cfg, params, overwrite=True,
+                                 extra_from=extra_from)
 
 
 def gather_data_states(state) -> dict:
@@ -222,6 +224,8 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
     init_distributed()
   chief = jax.process_index() == 0
   step_cfg = (step_config or trainer.StepConfig()).validate(batch_size)
+  from famjax.data.vocab import check_task_vocabulary   # before any write
+  check_task_vocabulary(task, load_params_from or model_config)
   model_dir = os.path.abspath(os.path.expanduser(model_dir))
   os.makedirs(model_dir, exist_ok=True)
   if overwrite:
@@ -381,7 +385,7 @@ def train(*, model_dir: str = gin.REQUIRED, task: str = gin.REQUIRED,
                      f", accuracy {ev.get('accuracy', float('nan')):.4f}")
     if export:
       summary["export"] = export_model(os.path.join(model_dir, "export"), cfg,
-                                       state["params"])
+                                       state["params"], load_params_from)
       writer.message(f"exported the final model to {summary['export']}")
     summary["params"] = state["params"]
     return summary
