@@ -136,7 +136,7 @@ def tokens(batch, length, seed=0, vocab=VOCAB):
 
 # ------------------------------------------------------------ BSWA masks
 def bswa_visible(t, block, memory, window=None):
-  """[T, T] bool, written from SPEC independently of famjax: a query at p in
+  """[T, T] bool, written from docs/fam.md independently of famjax: a query at p in
   block p//B sees its own block's keys <= p and every key of blocks
   p//B - m .. p//B - 1; a native window additionally needs p - k < W."""
   q = np.arange(t)[:, None]

@@ -227,6 +227,15 @@ def test_existing_output_is_left_alone(src, tmp_path, capsys):
     assert (out / "precious.txt").read_text() == "keep me"
 
 
+def test_output_under_a_file_is_one_line(src, tmp_path, capsys):
+  (tmp_path / "f").write_text("x")
+  for argv in (["--from", "hf", src[0], "--out", str(tmp_path / "f" / "o")],
+               ["--to", "hf", src[0], "--out", str(tmp_path / "f" / "o")]):
+    rc, _, err = run(argv, capsys)
+    one_line_error(rc, err, "is a file")
+  assert sorted(os.listdir(tmp_path)) == ["f"]
+
+
 def test_bad_arguments(src, tmp_path, capsys):
   rc, _, err = run(["--from", "hf", src[0]], capsys)          # no --out
   one_line_error(rc, err, "--out")

@@ -110,15 +110,23 @@ def test_logits_and_greedy_tokens_match_transformers(real):
   assert got_seq == hf_seq[0].tolist()
 
 
+@pytest.mark.parametrize("name", ["smollm2", "gemma3"])
 def test_gguf_tokenizer_without_transformers_is_transformers_tokenizer(
-    tmp_path):
-  """SmolLM2's byte-level BPE, rebuilt by famjax with `tokenizers` alone,
-  is the tokenizer transformers rebuilds from the same GGUF."""
+    name, tmp_path):
+  """SmolLM2's byte-level BPE and Gemma 3's SentencePiece-style BPE, rebuilt
+  by famjax with `tokenizers` alone, are the tokenizers transformers
+  rebuilds from the same GGUFs."""
   import json
+  import sys
   from transformers import AutoTokenizer
-  path = smollm2_path()
+  path = {"smollm2": smollm2_path, "gemma3": gemma3_path}[name]()
   ours = str(tmp_path / "tok")
-  assert GGUFSource(path).write_tokenizer(ours)
+  saved = sys.modules.get("transformers")
+  sys.modules["transformers"] = None           # as on a base install
+  try:
+    assert GGUFSource(path).write_tokenizer(ours)
+  finally:
+    sys.modules["transformers"] = saved
   with fast_gguf_reader():
     ref = AutoTokenizer.from_pretrained(os.path.dirname(path),
                                         gguf_file=os.path.basename(path))
@@ -126,6 +134,6 @@ def test_gguf_tokenizer_without_transformers_is_transformers_tokenizer(
     assert json.load(fh) == json.loads(ref.backend_tokenizer.to_str())
   v = HFVocabulary(ours)
   for text in (PROMPT, "  two  spaces\n\n\tdef f(x): return x**2 # ünï 日本",
-               "<|im_start|>user\nhi<|im_end|>"):
+               "<|im_start|>user\nhi<|im_end|><start_of_turn>"):
     assert v.encode(text) == ref(text, add_special_tokens=False).input_ids
   assert (v.eos_id, v.bos_id) == (ref.eos_token_id, ref.bos_token_id)

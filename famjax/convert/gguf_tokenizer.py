@@ -2,13 +2,14 @@
 Hugging Face `tokenizer.json` with the `tokenizers` library (a base
 dependency), so converting needs no `transformers`.
 
-Byte-level BPE vocabularies (`tokenizer.ggml.model = gpt2`: SmolLM2, Llama 3,
-Qwen2, ...) are rebuilt here: the vocabulary and merges as stored, the
+Rebuilt here: byte-level BPE vocabularies (`tokenizer.ggml.model = gpt2`:
+SmolLM2, Llama 3, Qwen2, ...: the vocabulary and merges as stored, the
 pre-tokenizer split the vocabulary was learned with (`tokenizer.ggml.pre`),
-byte-level decoding, control tokens as special tokens, BOS added only when
-the file says so. SentencePiece vocabularies (`llama`, as in Gemma GGUFs)
-need `transformers`' rebuild when it is installed; otherwise the error says
-to pass --no_tokenizer.
+byte-level decoding) and Gemma 3's SentencePiece-style BPE (merges rebuilt
+from the token order, byte fallback); control tokens become special tokens,
+BOS is added when the file says so. Other SentencePiece vocabularies (Llama 2,
+Mistral GGUFs) use `transformers`' rebuild when it is installed; otherwise the
+error says to pass --no_tokenizer.
 """
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ def byte_alphabet() -> dict:
 def byte_level_bpe(reader, path: str = "gguf"):
   """A `tokenizers.Tokenizer` of a gpt2-type GGUF vocabulary."""
   from tokenizers import AddedToken, Regex, Tokenizer, decoders, models
-  from tokenizers import pre_tokenizers, processors
+  from tokenizers import pre_tokenizers
   tokens = list(_field(reader, "tokenizer.ggml.tokens") or [])
   merges = _field(reader, "tokenizer.ggml.merges")
   if not tokens or merges is None:
@@ -87,14 +88,68 @@ def byte_level_bpe(reader, path: str = "gguf"):
       for t, k in zip(tokens, types) if k == CONTROL and set(t) <= alphabet])
   tok.add_tokens([AddedToken(t, normalized=False, special=False)
                   for t, k in zip(tokens, types) if k == USER_DEFINED])
+  _set_bos(tok, reader, tokens, default=False)
+  return tok
+
+
+def _set_bos(tok, reader, tokens, default: bool):
+  """The post-processor: BOS first when the file says so (else `default`)."""
+  from tokenizers import processors
   bos = _field(reader, "tokenizer.ggml.bos_token_id")
-  if _field(reader, "tokenizer.ggml.add_bos_token", False) and bos is not None:
+  add = _field(reader, "tokenizer.ggml.add_bos_token", default)
+  if add and bos is not None:
+    b = tokens[int(bos)]
     tok.post_processor = processors.TemplateProcessing(
-        single=f"{tokens[bos]} $A", pair=f"{tokens[bos]} $A $B:1",
-        special_tokens=[(tokens[bos], int(bos))])
+        single=f"{b}:0 $A:0", pair=f"{b}:0 $A:0 {b}:1 $B:1",
+        special_tokens=[(b, int(bos))])
   else:
     tok.post_processor = processors.TemplateProcessing(
-        single="$A", pair="$A $B:1", special_tokens=[])
+        single="$A:0", pair="$A:0 $B:1", special_tokens=[])
+
+
+def merges_by_rank(vocab: dict, rank: dict) -> list:
+  """BPE merges implied by a vocabulary without stored merges: every split
+  of a token into two tokens, best rank (highest) first; ties: longer left,
+  then longer right piece first."""
+  out = []
+  for token, score in rank.items():
+    pairs = [(token[:i], token[i:], score) for i in range(1, len(token))
+             if token[:i] in vocab and token[i:] in vocab]
+    out.extend(sorted(pairs, key=lambda p: (vocab[p[0]], vocab[p[1]])))
+  out = sorted(out, key=lambda p: (p[2], len(p[0]), len(p[1])), reverse=True)
+  return [(a, b) for a, b, _ in out]
+
+
+def gemma_bpe(reader, path: str = "gguf"):
+  """A `tokenizers.Tokenizer` of a Gemma GGUF (SentencePiece-style BPE with
+  byte fallback): merges rebuilt from the token order (the file lists
+  none; a token earlier in the file merges first), spaces as "▁"."""
+  from tokenizers import AddedToken, Tokenizer, decoders, models
+  from tokenizers import normalizers, pre_tokenizers
+  stored = list(_field(reader, "tokenizer.ggml.tokens") or [])
+  if not stored:
+    raise ConvertError(f"{path}: tokenizer.ggml.tokens is missing.")
+  # A token of spaces only is stored with real spaces; the model looks
+  # them up as "▁" runs.
+  tokens = ["▁" * len(t) if " " in t and not t.strip() else t
+            for t in stored]
+  vocab = {t: i for i, t in enumerate(tokens)}
+  rank = {t: -i for i, t in enumerate(tokens)}
+  tok = Tokenizer(models.BPE(vocab, merges_by_rank(vocab, rank),
+                             fuse_unk=True, unk_token="<unk>",
+                             byte_fallback=True, dropout=None))
+  tok.normalizer = normalizers.Replace(" ", "▁")
+  tok.pre_tokenizer = pre_tokenizers.Split(" ", "merged_with_previous",
+                                           invert=False)
+  tok.decoder = decoders.Sequence([decoders.Replace("▁", " "),
+                                   decoders.ByteFallback(), decoders.Fuse()])
+  types = list(_field(reader, "tokenizer.ggml.token_type") or [])
+  tok.add_special_tokens([AddedToken(t, normalized=False, special=True)
+                          for t, k in zip(tokens, types) if k == CONTROL])
+  tok.add_tokens([AddedToken(t, normalized=False, special=False)  # as stored
+                  for t, k in zip(stored, types)
+                  if k == USER_DEFINED and t in vocab])
+  _set_bos(tok, reader, tokens, default=True)
   return tok
 
 
@@ -119,9 +174,13 @@ def write_gguf_tokenizer(reader, out: str, path: str = "gguf") -> bool:
   kind = _field(reader, "tokenizer.ggml.model")
   if kind is None:
     return False
-  if kind != "gpt2":
+  arch = _field(reader, "general.architecture")
+  if kind == "gpt2":
+    tok = byte_level_bpe(reader, path)
+  elif kind == "llama" and arch == "gemma3":
+    tok = gemma_bpe(reader, path)
+  else:
     return _with_transformers(path, out, kind)
-  tok = byte_level_bpe(reader, path)
   os.makedirs(out)
   tok.save(os.path.join(out, "tokenizer.json"))
   with open(os.path.join(out, "tokenizer_config.json"), "w") as fh:

@@ -262,7 +262,8 @@ def config_to_hf(cfg: ModelConfig, base: Optional[dict] = None) -> dict:
                                "max_position_embeddings", "initializer_range")
           if k in base}
   out = dict(
-      architectures=[HF_CLASSES[fam]], model_type=fam, vocab_size=cfg.vocab_size,
+      architectures=[HF_CLASSES[fam]], model_type=fam,
+      vocab_size=cfg.vocab_size,
       hidden_size=cfg.d_model, intermediate_size=cfg.ffn_dim,
       num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
       num_key_value_heads=cfg.n_kv, head_dim=cfg.hd, rms_norm_eps=cfg.norm_eps,

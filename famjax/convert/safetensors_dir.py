@@ -109,8 +109,9 @@ class SafetensorsSource(CheckpointSource):
     hits = [n[:-len("embed_tokens.weight")] for n in names
             if n.endswith("embed_tokens.weight") and not n.startswith(IGNORED)]
     if len(hits) != 1:
-      raise ConvertError("cannot find the token embedding (…embed_tokens."
-                         f"weight) among the checkpoint's tensors (found {hits}).")
+      raise ConvertError(
+          "cannot find the token embedding (…embed_tokens.weight) among the "
+          f"checkpoint's tensors (found {hits}).")
     self.prefix = hits[0]
     self.lm_head = next((n for n in LM_HEADS if n in names), LM_HEADS[0])
     fp = os.path.join(path, "fam_prompt.npy")
