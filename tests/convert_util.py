@@ -168,6 +168,16 @@ def hf_bswa_mask(family, hf_cfg, t, block, memory, batch):
 
 
 # -------------------------------------------------------------- tokenizer
+def save_tokenizer(tok, path):
+  """tokenizer.json + a tokenizer_config.json naming the special tokens."""
+  os.makedirs(path, exist_ok=True)
+  tok.save(os.path.join(path, "tokenizer.json"))
+  with open(os.path.join(path, "tokenizer_config.json"), "w") as fh:
+    json.dump({"eos_token": "<eos>", "bos_token": "<bos>",
+               "unk_token": "<unk>", "pad_token": "<pad>",
+               "tokenizer_class": "PreTrainedTokenizerFast"}, fh)
+
+
 def write_tiny_tokenizer(path, vocab=VOCAB):
   """A word-level tokenizer.json (+ tokenizer_config.json) of `vocab` ids."""
   from tokenizers import Tokenizer, models, pre_tokenizers, decoders
@@ -178,12 +188,7 @@ def write_tiny_tokenizer(path, vocab=VOCAB):
   tok.pre_tokenizer = pre_tokenizers.Whitespace()
   tok.decoder = decoders.WordPiece(prefix="##")
   tok.add_special_tokens(["<pad>", "<eos>", "<bos>", "<unk>"])
-  os.makedirs(path, exist_ok=True)
-  tok.save(os.path.join(path, "tokenizer.json"))
-  with open(os.path.join(path, "tokenizer_config.json"), "w") as fh:
-    json.dump({"eos_token": "<eos>", "bos_token": "<bos>",
-               "unk_token": "<unk>", "pad_token": "<pad>",
-               "tokenizer_class": "PreTrainedTokenizerFast"}, fh)
+  save_tokenizer(tok, path)
 
 
 def write_tiny_bpe_tokenizer(path, vocab=VOCAB):
@@ -200,12 +205,7 @@ def write_tiny_bpe_tokenizer(path, vocab=VOCAB):
   tok.train(files, trainers.BpeTrainer(
       vocab_size=vocab, limit_alphabet=100, show_progress=False,
       special_tokens=["<pad>", "<eos>", "<bos>", "<unk>"]))
-  os.makedirs(path, exist_ok=True)
-  tok.save(os.path.join(path, "tokenizer.json"))
-  with open(os.path.join(path, "tokenizer_config.json"), "w") as fh:
-    json.dump({"eos_token": "<eos>", "bos_token": "<bos>",
-               "unk_token": "<unk>", "pad_token": "<pad>",
-               "tokenizer_class": "PreTrainedTokenizerFast"}, fh)
+  save_tokenizer(tok, path)
 
 
 # ------------------------------------------------------------------ GGUF

@@ -55,14 +55,19 @@ def base_model_dir(path):
   return cfg, params
 
 
+def run_args(tmp_path, gin_text, base):
+  """(run directory, `famjax train` arguments) of a fine-tune of `base`."""
+  gin_file = tmp_path / "ft.gin"
+  gin_file.write_text(gin_text)
+  run = str(tmp_path / "run")
+  return run, [f"--gin_file={gin_file}", f"--gin.MODEL_DIR={run}",
+               f"--gin.LOAD_PARAMS_FROM={base}"]
+
+
 def test_lora_finetune_from_model_dir(tmp_path, capfd):
   base = str(tmp_path / "base")
   base_cfg, base_params = base_model_dir(base)
-  gin_file = tmp_path / "ft.gin"
-  gin_file.write_text(FT_GIN)
-  run = str(tmp_path / "run")
-  args = [f"--gin_file={gin_file}", f"--gin.MODEL_DIR={run}",
-          f"--gin.LOAD_PARAMS_FROM={base}"]
+  run, args = run_args(tmp_path, FT_GIN, base)
   assert main_in_process(*args, "--gin.train.num_steps=1") == 0
   assert main_in_process(*args) == 0
   err = capfd.readouterr().err
@@ -104,22 +109,16 @@ def test_lora_finetune_from_model_dir(tmp_path, capfd):
 
 
 # ------------------------------------------- a model with its own tokenizer
-OWN_GIN = """
-train.model_dir = %MODEL_DIR
-train.load_params_from = %LOAD_PARAMS_FROM
+OWN_GIN = FT_GIN + """
 train.task = %TASK
-train.model_config = None
+train.attention = None
+train.model_overrides = {}
 train.trainable = 'all'
 train.num_steps = 12
-train.batch_size = 4
 train.seq_len = 32
 train.save_every = 12
 train.eval_split = None
-train.export = True
-train.progress_bar = False
-make_schedule.schedule = 'constant'
 make_schedule.peak_learning_rate = 3e-3
-make_schedule.warmup_steps = 0
 """
 
 
@@ -143,11 +142,7 @@ def test_finetune_in_the_models_own_tokenizer_keeps_it(tmp_path, capfd):
   from famjax.data.vocab import model_vocabulary
   from tests import convert_util as U
   base, hf = converted_llama_with_tokenizer(tmp_path)
-  gin_file = tmp_path / "own.gin"
-  gin_file.write_text(OWN_GIN)
-  run = str(tmp_path / "run")
-  args = [f"--gin_file={gin_file}", f"--gin.MODEL_DIR={run}",
-          f"--gin.LOAD_PARAMS_FROM={base}"]
+  run, args = run_args(tmp_path, OWN_GIN, base)
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
   # A byte task on a 128-token BPE model: refused, one line, nothing written.
