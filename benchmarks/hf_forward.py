@@ -55,11 +55,11 @@ def main(argv=None):
   from flax import nnx
   from transformers import AutoModelForCausalLM
 
-  from famjax.convert.gguf import fast_gguf_reader, load_gguf
-  from famjax.convert.hf import build_model
+  from famjax.convert.gguf import fast_gguf_reader
+  from famjax.convert.importer import build_model, load
 
   path = smollm2_gguf()
-  cfg, params = load_gguf(path)
+  cfg, params = load(path)
   model = build_model(cfg, params, path)
   del params
   gdef, state = nnx.split(model)

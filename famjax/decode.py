@@ -1,4 +1,4 @@
-"""Streaming generation in constant memory (SPEC "Decoding").
+"""Streaming generation in constant memory (docs/fam.md, decoding state).
 
     feed(model, state, tokens)      -> logits, state   any length, any position
     generate(model, prompt, n, ...) -> new tokens      greedy or sampled
@@ -10,6 +10,9 @@ mode keeps an ordinary KV cache of the whole context.
 
 CLI: famjax generate --model_dir DIR --prompt TEXT [--max_new_tokens N]
      [--attention fam --block_size B --memory_segments m --fam_length F]
+The text is printed as it is produced and stops at the tokenizer's EOS. The
+model directory's own tokenizer (extra/tokenizer/) encodes the prompt; a
+directory without one must be a byte model (vocab_size 259).
 """
 from __future__ import annotations
 
@@ -94,54 +97,113 @@ def _sample(logits, key, temperature, top_k):
   return jax.random.categorical(key, logits).astype(jnp.int32)
 
 
-def generate(model, prompt, max_new_tokens: int, *, temperature: float = 0.0,
-             top_k: Optional[int] = None, seed: int = 0,
-             eos_id: Optional[int] = None):
-  """New tokens [b, max_new_tokens] after `prompt` [b, T] (T >= 1).
+DEFAULT_CHUNK = 16
 
-  After `eos_id` a sequence repeats eos. The prompt is fed block-aligned;
-  the new tokens are produced by one jitted `lax.scan` of single-token steps.
+
+def generate_chunks(model, prompt, max_new_tokens: int, *,
+                    temperature: float = 0.0, top_k: Optional[int] = None,
+                    seed: int = 0, eos_id: Optional[int] = None,
+                    chunk: int = DEFAULT_CHUNK):
+  """Yield the new tokens after `prompt` [b, T] (T >= 1) as they are made:
+  arrays [b, c], `chunk` tokens per jitted call (the last one cut to
+  max_new_tokens). Stops once every sequence has emitted `eos_id` (a
+  sequence that ended repeats eos) or after max_new_tokens.
+
+  Token i is drawn with the key fold_in(key(seed), i): the same tokens
+  whatever the chunk size. `full` mode grows its KV cache as it goes.
   """
+  if (not isinstance(max_new_tokens, (int, np.integer))
+      or isinstance(max_new_tokens, bool) or max_new_tokens < 0):
+    raise UserError(f"max_new_tokens must be an integer >= 0, got "
+                    f"{max_new_tokens!r}.")
   prompt = jnp.asarray(prompt, jnp.int32)
   if prompt.ndim != 2 or prompt.shape[1] < 1:
-    raise ValueError("prompt must be [batch, length] with length >= 1.")
+    raise UserError("prompt must be [batch, length] with length >= 1.")
+  if max_new_tokens == 0:
+    return
   s = Streamer(model)
   b, t = prompt.shape
-  state = s.init(b, max_len=t + max_new_tokens)
+  full = model.cfg.attention.mode == "full"
+  state = s.init(b, max_len=t + min(max_new_tokens, 4 * chunk) if full
+                 else None)
   logits, state = s.feed(state, prompt)
-  return _decode_loop(s.gdef, max_new_tokens, float(temperature), top_k,
-                      eos_id)(s.params, state, logits[:, -1],
-                              jax.random.key(seed))
+  run = _decode_loop(s.gdef, int(chunk), float(temperature), top_k, eos_id)
+  carry = (state, logits[:, -1], jnp.zeros((b,), bool), jnp.int32(0))
+  key = jax.random.key(seed)
+  made = 0
+  while made < max_new_tokens:
+    if full:
+      carry = (_grow_cache(carry[0], t + made + chunk),) + carry[1:]
+    carry, toks = run(s.params, carry, key)
+    toks = np.asarray(toks)[:, :max_new_tokens - made]
+    made += toks.shape[1]
+    yield toks
+    if eos_id is not None and bool(np.all(np.asarray(carry[2]))):
+      return
+
+
+def _grow_cache(state, need: int):
+  """A full-attention state whose KV cache holds at least `need` positions
+  (doubled when it must grow, so few shapes get compiled)."""
+  cap = state["cache_k"].shape[2]
+  if need <= cap:
+    return state
+  new = max(need, 2 * cap)
+  pad = [(0, 0)] * state["cache_k"].ndim
+  pad[2] = (0, new - cap)
+  return dict(state, cache_k=jnp.pad(state["cache_k"], pad),
+              cache_v=jnp.pad(state["cache_v"], pad))
+
+
+def generate(model, prompt, max_new_tokens: int, *, temperature: float = 0.0,
+             top_k: Optional[int] = None, seed: int = 0,
+             eos_id: Optional[int] = None, chunk: int = DEFAULT_CHUNK):
+  """New tokens [b, n] after `prompt` [b, T] (T >= 1): n = max_new_tokens,
+  or, once every sequence has emitted `eos_id`, the position of the last
+  sequence's first eos + 1 (a sequence that ended earlier repeats eos).
+  Decoding stops there (see `generate_chunks`)."""
+  parts = list(generate_chunks(model, prompt, max_new_tokens,
+                               temperature=temperature, top_k=top_k,
+                               seed=seed, eos_id=eos_id, chunk=chunk))
+  b = np.asarray(prompt).shape[0]
+  out = (np.concatenate(parts, 1) if parts
+         else np.zeros((b, 0), np.int32))
+  if eos_id is not None and out.size:
+    is_eos = out == eos_id
+    if is_eos.any(1).all():
+      out = out[:, :int(is_eos.argmax(1).max()) + 1]
+  return jnp.asarray(out)
 
 
 @functools.lru_cache(maxsize=16)
 def _decode_loop(gdef, n, temperature, top_k, eos_id):
+  """One jitted call: n single-token steps from carry (state, last logits,
+  done [b], step) -> (new carry, tokens [b, n])."""
   @jax.jit
-  def run(params, state, last_logits, key):
+  def run(params, carry, key):
     model = nnx.merge(gdef, params)
 
-    def body(carry, key):
-      state, logits, done = carry
-      tok = _sample(logits, key, temperature, top_k)
+    def body(carry, _):
+      state, logits, done, i = carry
+      tok = _sample(logits, jax.random.fold_in(key, i), temperature, top_k)
       if eos_id is not None:
         tok = jnp.where(done, eos_id, tok)
         done = done | (tok == eos_id)
       out, state = model.stream(state, tok[:, None])
-      return (state, out[:, -1], done), tok
+      return (state, out[:, -1], done, i + 1), tok
 
-    done = jnp.zeros(last_logits.shape[:1], bool)
-    _, toks = jax.lax.scan(body, (state, last_logits, done),
-                           jax.random.split(key, n))
-    return toks.T
+    carry, toks = jax.lax.scan(body, carry, None, length=n)
+    return carry, toks.T
   return run
 
 
-def main(argv=None) -> int:
+def _parser():
   ap = argparse.ArgumentParser(prog="famjax generate", description=__doc__,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--model_dir", required=True)
   ap.add_argument("--prompt", required=True)
-  ap.add_argument("--max_new_tokens", type=int, default=32)
+  ap.add_argument("--max_new_tokens", type=int, default=32,
+                  help="at most this many new tokens (stops earlier at EOS)")
   ap.add_argument("--temperature", type=float, default=0.0)
   ap.add_argument("--top_k", type=int, default=None)
   ap.add_argument("--seed", type=int, default=0)
@@ -149,36 +211,94 @@ def main(argv=None) -> int:
   ap.add_argument("--block_size", type=int, default=None)
   ap.add_argument("--memory_segments", type=int, default=None)
   ap.add_argument("--fam_length", type=int, default=None)
-  args = ap.parse_args(argv)
+  return ap
+
+
+def _load(args):
+  """(model, vocabulary, prompt ids [1, T]) for the CLI; UserError on a
+  mistake, before anything is compiled."""
   from famjax import params_io
   from famjax.config import AttentionConfig
+  from famjax.data.vocab import model_vocabulary
+  if args.max_new_tokens < 0:
+    raise UserError(f"--max_new_tokens must be >= 0, got {args.max_new_tokens}.")
+  if args.top_k is not None and args.top_k < 1:
+    raise UserError(f"--top_k must be >= 1, got {args.top_k}.")
   try:
     cfg = params_io.load_config(args.model_dir)
-    att = cfg.attention
+  except ValueError as e:
+    raise UserError(str(e)) from e
+  vocab = model_vocabulary(args.model_dir)   # never bytes for a BPE model
+  ids = _encode_prompt(vocab, args.prompt)
+  if not ids:
+    raise UserError("--prompt encodes to no tokens; give some text.")
+  att = cfg.attention
+  try:   # a bad attention choice or damaged weights: the user's to fix
     if args.attention:
       att = AttentionConfig(
           mode=args.attention,
           block_size=args.block_size or att.block_size,
           memory_segments=(args.memory_segments if args.memory_segments
                            is not None else att.memory_segments),
-          fam_length=args.fam_length or att.fam_length)
-    cfg, model = params_io.load_model_dir(args.model_dir, attention=att)
-    vocab = _vocabulary(args.model_dir)
-    ids = np.asarray(vocab.encode(args.prompt), np.int32)[None]
-    out = generate(model, ids, args.max_new_tokens,
-                   temperature=args.temperature, top_k=args.top_k,
-                   seed=args.seed, eos_id=getattr(vocab, "eos_id", None))
-  except (ValueError, FileNotFoundError, FileExistsError) as e:
-    print(f"famjax generate: {e}", file=sys.stderr)
+          fam_length=args.fam_length or att.fam_length).validate()
+    _, model = params_io.load_model_dir(args.model_dir, attention=att)
+  except ValueError as e:
+    raise UserError(str(e)) from e
+  check_token_ids(ids, cfg.vocab_size, "the prompt's tokens")
+  return model, vocab, np.asarray(ids, np.int32)[None]
+
+
+def _encode_prompt(vocab, text):
+  """The prompt's ids, with the special tokens the tokenizer adds (e.g.
+  Gemma's <bos>)."""
+  tok = getattr(vocab, "tokenizer", None)
+  if tok is not None:
+    return list(tok.encode(text, add_special_tokens=True).ids)
+  return list(vocab.encode(text))
+
+
+class _TextStream:
+  """Prints decoded text as tokens arrive (flushed), never half a character."""
+
+  def __init__(self, vocab, out):
+    self.vocab, self.out = vocab, out
+    self.ids, self.shown = [], ""
+
+  def add(self, ids):
+    self.ids += [int(i) for i in ids]
+    text = self.vocab.decode(self.ids)
+    if text.startswith(self.shown) and not text.endswith("\ufffd"):
+      self.out.write(text[len(self.shown):])
+      self.out.flush()
+      self.shown = text
+      if len(self.ids) > 64 and text[-1:].isspace():   # keep decoding cheap
+        self.ids, self.shown = [], ""
+
+  def end(self):
+    text = self.vocab.decode(self.ids)
+    if text.startswith(self.shown):
+      self.out.write(text[len(self.shown):])
+    self.out.write("\n")
+    self.out.flush()
+
+
+def main(argv=None) -> int:
+  args = _parser().parse_args(argv)
+  try:
+    model, vocab, ids = _load(args)
+    eos = getattr(vocab, "eos_id", None)
+    chunks = generate_chunks(model, ids, args.max_new_tokens,
+                             temperature=args.temperature, top_k=args.top_k,
+                             seed=args.seed, eos_id=eos)
+    stream = _TextStream(vocab, sys.stdout)
+    for toks in chunks:
+      row = [int(t) for t in toks[0]]
+      stream.add(row[:row.index(eos)] if eos in row else row)
+    stream.end()
+  except (UserError, FileNotFoundError) as e:
+    print(f"famjax generate: error: {e}", file=sys.stderr)
     return 2
-  print(vocab.decode(np.asarray(out[0]).tolist()))
   return 0
-
-
-def _vocabulary(model_dir):
-  """The model's own tokenizer if the directory has one, else bytes."""
-  from famjax.data.vocab import get_vocabulary, has_hf_tokenizer
-  return get_vocabulary(model_dir if has_hf_tokenizer(model_dir) else "byte")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import numpy as np
 from flax import nnx
 
 from famjax.config import AttentionConfig, ModelConfig
+from famjax.errors import UserError
 
 
 def config_to_gin(cfg: ModelConfig) -> str:
@@ -54,28 +55,69 @@ def params_dict(model) -> dict:
   return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
 
-def _check_target(path: str, overwrite: bool):
-  if os.path.exists(path):
-    if os.path.isdir(path) and not os.listdir(path):
-      os.rmdir(path)
-    elif overwrite:
-      shutil.rmtree(path)
-    else:
-      raise FileExistsError(
-          f"output directory {path!r} exists and is not empty; choose a new "
+class OutputExists(UserError, FileExistsError):
+  """The output directory exists and is not empty."""
+
+
+def check_output_dir(path: str, overwrite: bool = False) -> str:
+  """The one check of a new output directory (model directories, exports,
+  conversions), before anything is read or written; returns its absolute
+  path. UserError (one line) if it is a file, exists and is not empty
+  (unless overwrite), or its parent is a file or not writable."""
+  path = os.path.abspath(os.path.expanduser(path))
+  if os.path.lexists(path):
+    if not os.path.isdir(path):
+      raise UserError(f"output {path} exists and is not a directory; choose "
+                      "a new directory path.")
+    if os.listdir(path) and not overwrite:
+      raise OutputExists(
+          f"output directory {path} exists and is not empty; choose a new "
           "path or remove it (nothing was written).")
+  parent = os.path.dirname(path)
+  while not os.path.lexists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise UserError(f"cannot create {path}: {parent} is a file, not a "
+                    "directory; choose another output path.")
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise UserError(f"cannot create {path}: {parent} is not writable; "
+                    "choose another output path.")
+  return path
+
+
+def tmp_beside(path: str) -> str:
+  """A private temporary directory beside `path` (renamed to it at the end)."""
+  parent = os.path.dirname(path)
+  try:
+    os.makedirs(parent, exist_ok=True)
+    return tempfile.mkdtemp(prefix=os.path.basename(path) + ".tmp-",
+                            dir=parent)
+  except OSError as e:
+    raise UserError(f"cannot write {path}: {e.strerror or e} ({parent}); "
+                    "choose another output path.") from None
+
+
+def publish_dir(tmp: str, path: str):
+  """Rename the finished `tmp` to `path` (replacing an empty or, when
+  overwriting, checked-before directory)."""
+  if os.path.isdir(path):     # empty, or overwrite (checked before)
+    shutil.rmtree(path)
+  os.rename(tmp, path)
 
 
 def save_model_dir(path: str, cfg: ModelConfig, params: dict, *,
                    extra_files: Optional[dict] = None,
+                   extra_from: Optional[str] = None,
                    overwrite: bool = False) -> str:
-  """Write a model directory atomically; returns its absolute path."""
+  """Write a model directory atomically; returns its absolute path.
+
+  extra_files: {name under extra/: a file or directory path, or bytes}.
+  extra_from: a model directory whose extra/ (tokenizer, hf_config.json,
+    ...) the new one keeps (extra_files win on a name clash).
+  """
   import orbax.checkpoint as ocp
-  path = os.path.abspath(path)
-  _check_target(path, overwrite)
-  parent = os.path.dirname(path)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=os.path.basename(path) + ".tmp-", dir=parent)
+  path = check_output_dir(path, overwrite)
+  tmp = tmp_beside(path)
   try:
     with open(os.path.join(tmp, "config.json"), "w") as fh:
       fh.write(cfg.to_json())
@@ -85,10 +127,15 @@ def save_model_dir(path: str, cfg: ModelConfig, params: dict, *,
     ckptr.save(os.path.join(tmp, "params"),
                jax.tree.map(np.asarray, params))
     ckptr.wait_until_finished()
+    kept = os.path.join(extra_from or "", "extra")
+    if extra_from and os.path.isdir(kept):
+      shutil.copytree(kept, os.path.join(tmp, "extra"))
     if extra_files:
       os.makedirs(os.path.join(tmp, "extra"), exist_ok=True)
       for name, src in extra_files.items():
         dst = os.path.join(tmp, "extra", name)
+        if os.path.isdir(dst):
+          shutil.rmtree(dst)
         if isinstance(src, (bytes, bytearray)):
           with open(dst, "wb") as fh:
             fh.write(src)
@@ -97,7 +144,7 @@ def save_model_dir(path: str, cfg: ModelConfig, params: dict, *,
         else:
           shutil.copyfile(src, dst)
     os.chmod(tmp, 0o755)       # mkdtemp made it private
-    os.rename(tmp, path)
+    publish_dir(tmp, path)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
@@ -166,9 +213,7 @@ def build_model(cfg: ModelConfig, params: dict, *, source: str = "checkpoint",
   the checkpoint lacks (`fam_prompt`, LoRA; only if allow_new) get their
   seeded initial values from one compiled init.
   """
-  from famjax.model import Transformer
-  make = lambda: Transformer(cfg, rngs=nnx.Rngs(seed))
-  model = nnx.eval_shape(make)
+  model = nnx.eval_shape(lambda: _make(cfg, seed))
   flat_model = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
   flat_src = dict(_flatten(params))
   _refuse_unknown(flat_src, flat_model, source)
@@ -176,9 +221,7 @@ def build_model(cfg: ModelConfig, params: dict, *, source: str = "checkpoint",
   for key in missing:
     if not (allow_new and _is_new_weight(key)):
       raise ValueError(f"{source}: weight {'.'.join(map(str, key))} is missing.")
-  if missing:
-    init = dict(nnx.to_flat_state(jax.jit(
-        lambda: nnx.state(make(), nnx.Param))()))
+  init = new_weights(cfg, missing, seed) if missing else {}
   for key, var in flat_model.items():
     name = ".".join(map(str, key))
     if key in flat_src:
@@ -188,9 +231,28 @@ def build_model(cfg: ModelConfig, params: dict, *, source: str = "checkpoint",
                          f"{tuple(value.shape)}, the model expects "
                          f"{tuple(var.shape)}.")
     else:
-      value = init[key][...]
+      value = init[key]
     var.set_value(jnp.asarray(value, var.dtype))
   return model
+
+
+def _make(cfg: ModelConfig, seed: int):
+  from famjax.model import Transformer
+  return Transformer(cfg, rngs=nnx.Rngs(seed))
+
+
+def new_weights(cfg: ModelConfig, keys, seed: int = 0) -> dict:
+  """{key: the initial value of that weight in Transformer(cfg, rngs=
+  nnx.Rngs(seed))}: the one place new weights (fam_prompt when switching to
+  FAM, LoRA) get their values, on every path (convert, load, fresh model).
+  Only the asked weights are computed (XLA drops the rest)."""
+  keys = [tuple(k) for k in keys]
+
+  def init():
+    flat = dict(nnx.to_flat_state(nnx.state(_make(cfg, seed), nnx.Param)))
+    return [flat[k][...] for k in keys]
+
+  return dict(zip(keys, jax.jit(init)()))
 
 
 def assign_params(model, params: dict, source: str = "checkpoint"):

@@ -138,7 +138,7 @@ tokens = functools.partial(helpers.tokens, vocab=VOCAB)
 
 # ------------------------------------------------------------ BSWA masks
 def bswa_visible(t, block, memory, window=None):
-  """[T, T] bool, written from SPEC independently of famjax: a query at p in
+  """[T, T] bool, written from docs/fam.md independently of famjax: a query at p in
   block p//B sees its own block's keys <= p and every key of blocks
   p//B - m .. p//B - 1; a native window additionally needs p - k < W."""
   q = np.arange(t)[:, None]
@@ -170,6 +170,16 @@ def hf_bswa_mask(family, hf_cfg, t, block, memory, batch):
 
 
 # -------------------------------------------------------------- tokenizer
+def save_tokenizer(tok, path):
+  """tokenizer.json + a tokenizer_config.json naming the special tokens."""
+  os.makedirs(path, exist_ok=True)
+  tok.save(os.path.join(path, "tokenizer.json"))
+  with open(os.path.join(path, "tokenizer_config.json"), "w") as fh:
+    json.dump({"eos_token": "<eos>", "bos_token": "<bos>",
+               "unk_token": "<unk>", "pad_token": "<pad>",
+               "tokenizer_class": "PreTrainedTokenizerFast"}, fh)
+
+
 def write_tiny_tokenizer(path, vocab=VOCAB):
   """A word-level tokenizer.json (+ tokenizer_config.json) of `vocab` ids."""
   from tokenizers import Tokenizer, models, pre_tokenizers, decoders
@@ -180,12 +190,24 @@ def write_tiny_tokenizer(path, vocab=VOCAB):
   tok.pre_tokenizer = pre_tokenizers.Whitespace()
   tok.decoder = decoders.WordPiece(prefix="##")
   tok.add_special_tokens(["<pad>", "<eos>", "<bos>", "<unk>"])
-  os.makedirs(path, exist_ok=True)
-  tok.save(os.path.join(path, "tokenizer.json"))
-  with open(os.path.join(path, "tokenizer_config.json"), "w") as fh:
-    json.dump({"eos_token": "<eos>", "bos_token": "<bos>",
-               "unk_token": "<unk>", "pad_token": "<pad>",
-               "tokenizer_class": "PreTrainedTokenizerFast"}, fh)
+  save_tokenizer(tok, path)
+
+
+def write_tiny_bpe_tokenizer(path, vocab=VOCAB):
+  """A BPE tokenizer.json of `vocab` ids (pad 0, eos 1, bos 2, unk 3)
+  trained on some standard-library sources: it encodes Python text (the
+  pylib_lm task) with few unknowns and decodes it back exactly."""
+  import glob
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+  files = sorted(glob.glob(os.path.join(os.path.dirname(os.__file__),
+                                        "*.py")))[:20]
+  tok = Tokenizer(models.BPE(unk_token="<unk>"))
+  tok.pre_tokenizer = pre_tokenizers.Metaspace()
+  tok.decoder = decoders.Metaspace()
+  tok.train(files, trainers.BpeTrainer(
+      vocab_size=vocab, limit_alphabet=100, show_progress=False,
+      special_tokens=["<pad>", "<eos>", "<bos>", "<unk>"]))
+  save_tokenizer(tok, path)
 
 
 # ------------------------------------------------------------------ GGUF
@@ -197,13 +219,34 @@ def llama_cpp_permute(w, n_head):
           .swapaxes(1, 2).reshape(w.shape))
 
 
-def write_tiny_gguf(hf_model, path, arch="llama"):
+def tiny_byte_level_bpe():
+  """(tokens, merges, token types) of a small byte-level BPE vocabulary
+  (< VOCAB ids; 3 control tokens first), as llama.cpp stores a gpt2-type
+  tokenizer."""
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+  text = (["the quick brown fox jumps over the lazy dog 0123456789.\n"] * 50
+          + ["def main(): return 42, 'hello world'\n"] * 50)
+  tok = Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+  tok.train_from_iterator(text, trainers.BpeTrainer(
+      vocab_size=VOCAB - 3, show_progress=False, special_tokens=specials))
+  model = json.loads(tok.to_str())["model"]
+  tokens = sorted(model["vocab"], key=model["vocab"].get)
+  merges = [" ".join(m) if isinstance(m, list) else m for m in model["merges"]]
+  types = [3 if t in specials else 1 for t in tokens]
+  return tokens, merges, types
+
+
+def write_tiny_gguf(hf_model, path, arch="llama", tokenizer=False):
   """A float32 GGUF of a tiny HF Llama, laid out the way llama.cpp writes it
-  (Q/K rows permuted). No tokenizer metadata. `arch` only names the file's
+  (Q/K rows permuted); with `tokenizer`, the metadata of a byte-level BPE
+  (`tiny_byte_level_bpe`, eos <|im_end|>). `arch` only names the file's
   architecture (to test the unsupported-architecture error)."""
   import gguf
   from famjax.convert import table
-  from famjax.convert.hf import config_from_hf
+  from famjax.convert.hf_config import config_from_hf
   cfg = config_from_hf(hf_model.config.to_dict())
   sd = {k: v.detach().numpy().astype(np.float32)
         for k, v in hf_model.state_dict().items()}
@@ -217,6 +260,16 @@ def write_tiny_gguf(hf_model, path, arch="llama"):
   w.add_uint32(f"{arch}.context_length", 256)
   w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", c.rms_norm_eps)
   w.add_float32(f"{arch}.rope.freq_base", cfg.rope_theta)
+  if tokenizer:
+    tokens, merges, types = tiny_byte_level_bpe()
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_merges(merges)
+    w.add_token_types(types)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_add_bos_token(False)
   for row in table.rows(cfg):
     for hf_name, g_name in zip(table.source_names(row, "hf", cfg, "model."),
                                table.source_names(row, "gguf", cfg)):

@@ -99,6 +99,29 @@ def test_gguf_cli_weights_only(tmp_path, capsys):
       <= 1e-4
 
 
+def test_gguf_tokenizer_needs_no_transformers(tmp_path, capsys, monkeypatch):
+  """`convert --from gguf` rebuilds a byte-level BPE tokenizer with the
+  `tokenizers` package alone; it is the tokenizer transformers rebuilds."""
+  import sys
+  ref = U.make_hf_model("llama_plain", str(tmp_path / "hf"), seed=16)
+  g = U.write_tiny_gguf(ref, str(tmp_path / "tok.gguf"), tokenizer=True)
+  out = str(tmp_path / "fj")
+  with monkeypatch.context() as m:
+    m.setitem(sys.modules, "transformers", None)     # as on a base install
+    rc, _, err = run(["--from", "gguf", g, "--out", out], capsys)
+  assert rc == 0, err
+  from famjax.data.vocab import model_vocabulary
+  from transformers import AutoTokenizer
+  from famjax.convert.gguf import fast_gguf_reader
+  with fast_gguf_reader():
+    want = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file="tok.gguf")
+  v = model_vocabulary(out)
+  assert v.eos_id == want.eos_token_id == 2
+  for text in ("the lazy dog", "def main(): return 42\n  x", "<|im_end|> fox"):
+    assert v.encode(text) == want(text, add_special_tokens=False).input_ids
+  assert v.decode(v.encode("the lazy dog\n  x")) == "the lazy dog\n  x"
+
+
 def test_vocabulary(src, tmp_path):
   from famjax.convert.vocab import HFVocabulary
   import tensorflow as tf
@@ -204,6 +227,15 @@ def test_existing_output_is_left_alone(src, tmp_path, capsys):
     assert (out / "precious.txt").read_text() == "keep me"
 
 
+def test_output_under_a_file_is_one_line(src, tmp_path, capsys):
+  (tmp_path / "f").write_text("x")
+  for argv in (["--from", "hf", src[0], "--out", str(tmp_path / "f" / "o")],
+               ["--to", "hf", src[0], "--out", str(tmp_path / "f" / "o")]):
+    rc, _, err = run(argv, capsys)
+    one_line_error(rc, err, "is a file")
+  assert sorted(os.listdir(tmp_path)) == ["f"]
+
+
 def test_bad_arguments(src, tmp_path, capsys):
   rc, _, err = run(["--from", "hf", src[0]], capsys)          # no --out
   one_line_error(rc, err, "--out")
@@ -215,9 +247,9 @@ def test_bad_arguments(src, tmp_path, capsys):
 
 
 def test_export_refuses_unmerged_lora(src, tmp_path):
-  from famjax.convert import ConvertError, load_hf
+  from famjax.convert import ConvertError, load
   from famjax.convert.export import export_params
-  cfg, params = load_hf(src[0])
+  cfg, params = load(src[0])
   params["layers"]["q"]["lora_a"] = np.zeros((cfg.num_layers, cfg.d_model, 2))
   with pytest.raises(ConvertError, match="merge"):
     export_params(cfg, params, str(tmp_path / "o"))

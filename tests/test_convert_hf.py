@@ -14,8 +14,9 @@ import pytest
 from tests import convert_util as U
 
 from famjax.config import AttentionConfig
-from famjax.convert import export, hf as hf_conv
-from famjax.convert.hf import from_pretrained, load_hf, read_hf
+from famjax.convert import export, hf_config as hf_conv
+from famjax.convert.importer import from_pretrained, load as load_hf
+from famjax.convert.importer import read_checkpoint_path as read_hf
 
 T = 16
 

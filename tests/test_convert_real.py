@@ -15,8 +15,9 @@ import pytest
 
 from tests import convert_util as U
 
-from famjax.convert.gguf import fast_gguf_reader, read_gguf
-from famjax.convert.hf import build_model
+from famjax.convert.gguf import GGUFSource, fast_gguf_reader
+from famjax.convert.importer import build_model
+from famjax.convert.source import read_checkpoint
 from famjax.convert.vocab import HFVocabulary
 
 PROMPT = "The capital of France is Paris, and the capital of Germany is"
@@ -44,7 +45,9 @@ def real(request, tmp_path_factory):
   from transformers import AutoModelForCausalLM
   path = {"smollm2": smollm2_path, "gemma3": gemma3_path}[request.param]()
   tok_dir = str(tmp_path_factory.mktemp("tok") / "tokenizer")
-  cfg, params, info = read_gguf(path, tokenizer=True, tokenizer_out=tok_dir)
+  source = GGUFSource(path)
+  cfg, params, info = read_checkpoint(source)
+  assert source.write_tokenizer(tok_dir)
   model = build_model(cfg, params, path)
   del params
   # transformers' own GGUF loader, only with the faster file-reader view
@@ -105,3 +108,32 @@ def test_logits_and_greedy_tokens_match_transformers(real):
       out = ref(input_ids=nxt, cache=out.cache, use_cache=True)
   print(f"{real['name']}: {v.decode(got_seq)!r}")
   assert got_seq == hf_seq[0].tolist()
+
+
+@pytest.mark.parametrize("name", ["smollm2", "gemma3"])
+def test_gguf_tokenizer_without_transformers_is_transformers_tokenizer(
+    name, tmp_path):
+  """SmolLM2's byte-level BPE and Gemma 3's SentencePiece-style BPE, rebuilt
+  by famjax with `tokenizers` alone, are the tokenizers transformers
+  rebuilds from the same GGUFs."""
+  import json
+  import sys
+  from transformers import AutoTokenizer
+  path = {"smollm2": smollm2_path, "gemma3": gemma3_path}[name]()
+  ours = str(tmp_path / "tok")
+  saved = sys.modules.get("transformers")
+  sys.modules["transformers"] = None           # as on a base install
+  try:
+    assert GGUFSource(path).write_tokenizer(ours)
+  finally:
+    sys.modules["transformers"] = saved
+  with fast_gguf_reader():
+    ref = AutoTokenizer.from_pretrained(os.path.dirname(path),
+                                        gguf_file=os.path.basename(path))
+  with open(os.path.join(ours, "tokenizer.json")) as fh:
+    assert json.load(fh) == json.loads(ref.backend_tokenizer.to_str())
+  v = HFVocabulary(ours)
+  for text in (PROMPT, "  two  spaces\n\n\tdef f(x): return x**2 # ünï 日本",
+               "<|im_start|>user\nhi<|im_end|><start_of_turn>"):
+    assert v.encode(text) == ref(text, add_special_tokens=False).input_ids
+  assert (v.eos_id, v.bos_id) == (ref.eos_token_id, ref.bos_token_id)

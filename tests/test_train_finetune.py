@@ -55,14 +55,19 @@ def base_model_dir(path):
   return cfg, params
 
 
+def run_args(tmp_path, gin_text, base):
+  """(run directory, `famjax train` arguments) of a fine-tune of `base`."""
+  gin_file = tmp_path / "ft.gin"
+  gin_file.write_text(gin_text)
+  run = str(tmp_path / "run")
+  return run, [f"--gin_file={gin_file}", f"--gin.MODEL_DIR={run}",
+               f"--gin.LOAD_PARAMS_FROM={base}"]
+
+
 def test_lora_finetune_from_model_dir(tmp_path, capfd):
   base = str(tmp_path / "base")
   base_cfg, base_params = base_model_dir(base)
-  gin_file = tmp_path / "ft.gin"
-  gin_file.write_text(FT_GIN)
-  run = str(tmp_path / "run")
-  args = [f"--gin_file={gin_file}", f"--gin.MODEL_DIR={run}",
-          f"--gin.LOAD_PARAMS_FROM={base}"]
+  run, args = run_args(tmp_path, FT_GIN, base)
   assert main_in_process(*args, "--gin.train.num_steps=1") == 0
   assert main_in_process(*args) == 0
   err = capfd.readouterr().err
@@ -101,3 +106,86 @@ def test_lora_finetune_from_model_dir(tmp_path, capfd):
     np.testing.assert_allclose(exported[k], merged[k], atol=1e-6)
   assert not np.allclose(exported[("layers", "q", "kernel")],
                          want[("layers", "q", "kernel")], atol=1e-5)
+
+
+# ------------------------------------------- a model with its own tokenizer
+OWN_GIN = FT_GIN + """
+train.task = %TASK
+train.attention = None
+train.model_overrides = {}
+train.trainable = 'all'
+train.num_steps = 12
+train.seq_len = 32
+train.save_every = 12
+train.eval_split = None
+make_schedule.peak_learning_rate = 3e-3
+"""
+
+
+def converted_llama_with_tokenizer(tmp_path):
+  """`famjax convert --from hf` of a tiny random Llama whose directory holds
+  a BPE tokenizer of its 128 ids; returns (famjax dir, HF dir)."""
+  from famjax import cli
+  from tests import convert_util as U
+  hf = str(tmp_path / "hf")
+  U.make_hf_model("llama_plain", hf, seed=3)
+  U.write_tiny_bpe_tokenizer(hf)
+  out = str(tmp_path / "llama_tok")
+  assert cli.main(["convert", "--from", "hf", hf, "--out", out]) == 0
+  return out, hf
+
+
+def test_finetune_in_the_models_own_tokenizer_keeps_it(tmp_path, capfd):
+  import seqio
+  from transformers import AutoTokenizer
+  from famjax import cli, decode
+  from famjax.data.vocab import model_vocabulary
+  from tests import convert_util as U
+  base, hf = converted_llama_with_tokenizer(tmp_path)
+  run, args = run_args(tmp_path, OWN_GIN, base)
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+  # A byte task on a 128-token BPE model: refused, one line, nothing written.
+  capfd.readouterr()
+  rc = main_in_process(*args, "--gin_file=" + os.path.join(
+      repo, "gin", "tasks", "passkey_byte.gin"))
+  err = capfd.readouterr().err.strip().splitlines()
+  assert rc == 2 and not os.path.exists(run)
+  assert len(err) == 1, err
+  for words in ("task passkey_byte", "byte vocabulary (259 ids)",
+                f"model {base} has its own tokenizer (llama_tok, 128 ids)",
+                "gin/tasks/passkey_model.gin"):
+    assert words in err[0], err[0]
+
+  # The same model on a task in its own tokenizer: the loss falls.
+  assert main_in_process(*args, "--gin_file=" + os.path.join(
+      repo, "gin", "tasks", "pylib_lm_model.gin")) == 0
+  assert "pylib_lm_llama_tok" in seqio.TaskRegistry.names()
+  m = read_metrics(run)
+  first = np.mean([m[s]["loss"] for s in (1, 2, 3)])
+  last = np.mean([m[s]["loss"] for s in (10, 11, 12)])
+  assert last < first - 0.3, (first, last)
+
+  # The export keeps the tokenizer and hf_config.json; generate uses it.
+  exp = os.path.join(run, "export")
+  for f in ("tokenizer/tokenizer.json", "hf_config.json"):
+    assert os.path.isfile(os.path.join(exp, "extra", f)), f
+  vocab = model_vocabulary(exp)
+  prompt = "def main():\n    return"
+  _, model = params_io.load_model_dir(exp)
+  ids = np.asarray([vocab.encode(prompt)])
+  want = np.asarray(decode.generate(model, ids, 12, eos_id=vocab.eos_id))[0]
+  want = [int(t) for t in want if t != vocab.eos_id]
+  capfd.readouterr()
+  assert decode.main(["--model_dir", exp, "--prompt", prompt,
+                      "--max_new_tokens", "12"]) == 0
+  assert capfd.readouterr().out == vocab.decode(want) + "\n"
+
+  # convert --to hf writes the tokenizer: transformers loads both.
+  out = str(tmp_path / "hf_out")
+  assert cli.main(["convert", "--to", "hf", exp, "--out", out]) == 0
+  tok = AutoTokenizer.from_pretrained(out)
+  assert tok(prompt, add_special_tokens=False).input_ids == vocab.encode(prompt)
+  back = U.load_hf_model(out)
+  np.testing.assert_allclose(U.hf_logits(back, ids),
+                             U.famjax_logits(model, ids), atol=1e-4)

@@ -6,8 +6,9 @@
 
 Attention options choose how the converted weights will run: --attention
 full|bswa|fam, --block_size B, --memory_segments m, --fam_length F (`fam`
-adds only the FAM prompt, initialised normal(0.02), or the one an exported
-famjax model carries). --dtype sets the parameter and compute dtype.
+adds only the FAM prompt: the one an exported famjax model carries, else
+the model's initial prompt for --seed). The tokenizer is kept in
+extra/tokenizer/ (GGUF: rebuilt as tokenizer.json). --dtype sets the parameter and compute dtype.
 
 A mistake the user can fix (missing or damaged file, unsupported
 architecture, existing output) prints one line to stderr and exits 2.
@@ -58,7 +59,7 @@ def _parser():
   p.add_argument("--seed", type=int, default=0,
                  help="seed of a new fam_prompt")
   p.add_argument("--no_tokenizer", action="store_true",
-                 help="GGUF: convert the weights only")
+                 help="convert the weights only (no extra/tokenizer/)")
   p.add_argument("--overwrite", action="store_true",
                  help="replace an existing output directory")
   return p
@@ -73,9 +74,10 @@ def _attention(args):
       raise _UsageError("--block_size / --memory_segments / --fam_length need "
                         "--attention bswa or fam")
     return None
-  att = AttentionConfig(mode=args.attention, **knobs)
-  att.validate()
-  return att
+  try:
+    return AttentionConfig(mode=args.attention, **knobs).validate()
+  except ValueError as e:
+    raise _UsageError(str(e)) from None
 
 
 def main(argv=None) -> int:
@@ -83,7 +85,7 @@ def main(argv=None) -> int:
   if any(a in ("-h", "--help") for a in argv):
     _parser().print_help()
     return 0
-  from famjax.convert.errors import ConvertError
+  from famjax.errors import UserError
   try:
     args = _parser().parse_args(argv)
     t0 = time.time()
@@ -93,23 +95,20 @@ def main(argv=None) -> int:
         raise _UsageError("--attention / --no_tokenizer apply to --from only")
       out = export_hf(args.src, args.out, overwrite=args.overwrite)
     else:
+      from famjax.convert.importer import convert
       attention = _attention(args)
-      if args.src_format == "hf":
-        from famjax.convert.hf import convert_hf
-        out = convert_hf(args.src, args.out, attention=attention,
-                         dtype=args.dtype, seed=args.seed,
-                         overwrite=args.overwrite)
-      else:
-        from famjax.convert.gguf import convert_gguf
-        out = convert_gguf(args.src, args.out, attention=attention,
-                           dtype=args.dtype, seed=args.seed,
-                           tokenizer=not args.no_tokenizer,
-                           overwrite=args.overwrite)
+      if (args.src_format == "gguf") != args.src.endswith(".gguf"):
+        raise _UsageError(f"--from {args.src_format} does not fit {args.src}"
+                          " (a GGUF is a .gguf file, an HF checkpoint a "
+                          "directory)")
+      out = convert(args.src, args.out, attention=attention, dtype=args.dtype,
+                    seed=args.seed, tokenizer=not args.no_tokenizer,
+                    overwrite=args.overwrite)
   except _UsageError as e:
     print(f"famjax convert: error: {e} (see famjax convert --help)",
           file=sys.stderr)
     return 2
-  except (ConvertError, FileNotFoundError, FileExistsError, ValueError) as e:
+  except (UserError, FileNotFoundError) as e:   # internal errors: traceback
     print(f"famjax convert: error: {e}", file=sys.stderr)
     return 2
   print(f"wrote {out} ({time.time() - t0:.1f}s)")

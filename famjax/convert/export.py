@@ -17,15 +17,15 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
 from typing import Optional
 
 import numpy as np
 
+from famjax import params_io
 from famjax.config import ModelConfig
-from famjax.convert import hf as hf_mod
 from famjax.convert import table
 from famjax.convert.errors import ConvertError
+from famjax.convert.hf_config import config_to_hf
 
 
 def _lora_keys(params, prefix=()):
@@ -43,7 +43,7 @@ def hf_state_dict(cfg: ModelConfig, params: dict) -> dict:
     raise ConvertError(
         f"the parameters contain LoRA weights ({lora[:3]}); merge them into "
         "the base weights first (export takes a merged model), then export.")
-  dtype = hf_mod._np_dtype(cfg.param_dtype)
+  dtype = table.np_dtype(cfg.param_dtype)
   return table.to_hf(cfg, params, prefix="model.", dtype=dtype)
 
 
@@ -52,13 +52,10 @@ def export_params(cfg: ModelConfig, params: dict, out: str, *,
                   tokenizer_dir: Optional[str] = None,
                   overwrite: bool = False) -> str:
   """Write an HF directory from (cfg, params); returns its absolute path."""
-  out = os.path.abspath(out)
-  hf_mod._check_out(out, overwrite)
-  hf_config = hf_mod.config_to_hf(cfg, hf_base)
+  out = params_io.check_output_dir(out, overwrite)
+  hf_config = config_to_hf(cfg, hf_base)
   state = hf_state_dict(cfg, params)
-  parent = os.path.dirname(out)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=os.path.basename(out) + ".tmp-", dir=parent)
+  tmp = params_io.tmp_beside(out)
   try:
     import safetensors.numpy
     safetensors.numpy.save_file(state, os.path.join(tmp, "model.safetensors"),
@@ -78,9 +75,7 @@ def export_params(cfg: ModelConfig, params: dict, out: str, *,
         if os.path.isfile(s):
           shutil.copyfile(s, os.path.join(tmp, f))
     _publish_permissions(tmp)      # mkdtemp makes 0700 dirs / 0600 files
-    if os.path.exists(out):        # empty (checked) or overwrite
-      shutil.rmtree(out)
-    os.rename(tmp, out)
+    params_io.publish_dir(tmp, out)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
@@ -97,13 +92,12 @@ def _publish_permissions(path):
 
 def export_hf(src: str, out: str, *, overwrite: bool = False) -> str:
   """famjax model directory -> HF directory."""
-  from famjax.params_io import load_config, load_params
   if not os.path.isdir(src):
     raise ConvertError(f"{src} is not a famjax model directory.")
-  hf_mod._check_out(out, overwrite)
+  params_io.check_output_dir(out, overwrite)
   try:
-    cfg = load_config(src)
-    params = load_params(src)
+    cfg = params_io.load_config(src)
+    params = params_io.load_params(src)
   except (FileNotFoundError, ValueError) as e:
     raise ConvertError(str(e)) from None
   base = None

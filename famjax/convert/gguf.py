@@ -12,69 +12,21 @@ two llama.cpp conventions are undone before the shared weight table
 The config comes from the `<arch>.*` metadata; what a GGUF does not record
 follows llama.cpp's own defaults (Gemma 3: local RoPE base 10000, every 6th
 layer global, query scale 1/sqrt(head_dim) except 27B). The tokenizer stored
-in the file is rebuilt as a Hugging Face fast tokenizer (through
-`transformers`, which knows llama.cpp's tokenizer conventions).
+in the file is rebuilt as a tokenizer.json (famjax.convert.gguf_tokenizer).
 """
 from __future__ import annotations
 
-import contextlib
-import functools
 import os
-import shutil
-import tempfile
-from typing import Optional
 
 import numpy as np
 
-from famjax.config import AttentionConfig, ModelConfig
-from famjax.convert import hf as hf_mod
-from famjax.convert import table
+from famjax.config import ModelConfig
 from famjax.convert.errors import ConvertError
+from famjax.convert.gguf_reader import fast_gguf_reader, open_gguf  # noqa: F401
+from famjax.convert.hf_config import HF_CLASSES
+from famjax.convert.source import CheckpointSource
 
 ARCHITECTURES = ("llama", "qwen2", "gemma3")
-
-
-@functools.lru_cache(maxsize=None)
-def _reader_class():
-  import gguf
-
-  class Reader(gguf.GGUFReader):
-    """GGUFReader over a plain ndarray view of the memory map: same data,
-    about 2.5x faster to open (np.memmap slicing dominates otherwise)."""
-
-    @property
-    def data(self):
-      return self._plain
-
-    @data.setter
-    def data(self, value):
-      self._plain = (value.view(np.ndarray) if isinstance(value, np.memmap)
-                     else value)
-
-  return Reader
-
-
-@contextlib.contextmanager
-def fast_gguf_reader():
-  """Within the block, `gguf.GGUFReader` is the faster Reader above (for
-  code that opens GGUFs itself, e.g. transformers' tokenizer rebuild)."""
-  import gguf
-  saved = gguf.GGUFReader
-  gguf.GGUFReader = _reader_class()
-  try:
-    yield
-  finally:
-    gguf.GGUFReader = saved
-
-
-def open_gguf(path: str):
-  if not os.path.isfile(path):
-    raise ConvertError(f"GGUF file {path} is missing.")
-  try:
-    return _reader_class()(path)
-  except Exception as e:  # truncated / not a GGUF: many exception types
-    raise ConvertError(f"{path} cannot be read as GGUF ({type(e).__name__}: "
-                       f"{e}); the file is truncated or not a GGUF.") from None
 
 
 def metadata(reader, key, default=None):
@@ -85,8 +37,8 @@ def metadata(reader, key, default=None):
   return value
 
 
-def config_from_gguf(reader, path: str = "gguf") -> tuple:
-  """(ModelConfig, an equivalent HF config dict) from GGUF metadata."""
+def config_from_gguf(reader, path: str = "gguf") -> dict:
+  """The HF config dict equivalent to a GGUF's metadata."""
   arch = metadata(reader, "general.architecture")
   if arch not in ARCHITECTURES:
     raise ConvertError(
@@ -144,31 +96,36 @@ def config_from_gguf(reader, path: str = "gguf") -> tuple:
                               path)
   if arch in ("llama", "qwen2"):
     hf.update(model_type=arch, hidden_act="silu", rope_parameters=rope)
-  else:  # gemma3
-    n = hf["num_hidden_layers"]
-    pattern = opt("attention.sliding_window_pattern")
-    if pattern is None or np.isscalar(pattern):
-      p = int(pattern or 6)
-      types = ["sliding_attention" if (i + 1) % p else "full_attention"
-               for i in range(n)]
-    else:
-      types = ["sliding_attention" if bool(x) else "full_attention"
-               for x in pattern]
-    # llama.cpp: 1/sqrt(head_dim), except Gemma 3 27B: 1/sqrt(d / heads).
-    qpas = d // heads if (n == 62 and d == 5376) else head_dim
-    hf.update(
-        model_type="gemma3_text", hidden_activation="gelu_pytorch_tanh",
-        query_pre_attn_scalar=qpas, layer_types=types,
-        sliding_window=int(opt("attention.sliding_window", 4096)),
-        rope_parameters={
-            "full_attention": rope,
-            "sliding_attention": {
-                "rope_theta": float(opt("rope.freq_base_swa", 10000.0)),
-                "rope_type": "default"}},
-        final_logit_softcapping=opt("final_logit_softcapping"),
-        attn_logit_softcapping=opt("attn_logit_softcapping"))
-  hf["architectures"] = [hf_mod._ARCH[hf["model_type"]]]
-  return hf_mod.config_from_hf(hf), hf
+  else:
+    hf.update(_gemma3_hf(hf, opt, rope, d, heads, head_dim))
+  hf["architectures"] = [HF_CLASSES[hf["model_type"]]]
+  return hf
+
+
+def _gemma3_hf(hf, opt, rope, d, heads, head_dim) -> dict:
+  """The Gemma 3 fields of the HF config of a gemma3 GGUF."""
+  n = hf["num_hidden_layers"]
+  pattern = opt("attention.sliding_window_pattern")
+  if pattern is None or np.isscalar(pattern):
+    p = int(pattern or 6)
+    types = ["sliding_attention" if (i + 1) % p else "full_attention"
+             for i in range(n)]
+  else:
+    types = ["sliding_attention" if bool(x) else "full_attention"
+             for x in pattern]
+  # llama.cpp: 1/sqrt(head_dim), except Gemma 3 27B: 1/sqrt(d / heads).
+  qpas = d // heads if (n == 62 and d == 5376) else head_dim
+  return dict(
+      model_type="gemma3_text", hidden_activation="gelu_pytorch_tanh",
+      query_pre_attn_scalar=qpas, layer_types=types,
+      sliding_window=int(opt("attention.sliding_window", 4096)),
+      rope_parameters={
+          "full_attention": rope,
+          "sliding_attention": {
+              "rope_theta": float(opt("rope.freq_base_swa", 10000.0)),
+              "rope_type": "default"}},
+      final_logit_softcapping=opt("final_logit_softcapping"),
+      attn_logit_softcapping=opt("attn_logit_softcapping"))
 
 
 def _llama3_from_freqs(tensor, rope, head_dim, path):
@@ -197,15 +154,26 @@ def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
           .reshape(out, *rest))
 
 
-class GGUFTensors:
-  """name -> float32 array in HF layout, with llama.cpp quirks undone."""
+class GGUFSource(CheckpointSource):
+  """A GGUF file: tensors dequantised to float32 in HF layout, with
+  llama.cpp's quirks undone; the tokenizer rebuilt from its metadata."""
 
-  def __init__(self, reader, cfg: ModelConfig, arch: str, path: str):
-    self.tensors = {t.name: t for t in reader.tensors}
-    self.cfg, self.arch, self.path = cfg, arch, path
+  format = "gguf"
+
+  def __init__(self, path: str):
+    self.path = path
+    self.reader = open_gguf(path)
+    _truncation_check(self.reader, path)
+    self.hf_config = config_from_gguf(self.reader, path)
+    self.arch = metadata(self.reader, "general.architecture")
+    self.tensors = {t.name: t for t in self.reader.tensors}
+    self.cfg = self.config()
 
   def names(self):
     return list(self.tensors)
+
+  def extra_names(self, cfg: ModelConfig):
+    return {"rope_freqs.weight"}     # read into the config (llama3 RoPE)
 
   def __call__(self, name):
     import gguf
@@ -231,6 +199,10 @@ class GGUFTensors:
       w = w - 1.0
     return w.reshape(-1) if len(want) == 1 else w
 
+  def write_tokenizer(self, out: str) -> bool:
+    from famjax.convert.gguf_tokenizer import write_gguf_tokenizer
+    return write_gguf_tokenizer(self.reader, out, self.path)
+
 
 def _truncation_check(reader, path):
   size = os.path.getsize(path)
@@ -238,78 +210,3 @@ def _truncation_check(reader, path):
     if t.data_offset + t.n_bytes > size:
       raise ConvertError(f"{path} is truncated: tensor {t.name} ends at byte "
                          f"{t.data_offset + t.n_bytes}, the file has {size}.")
-
-
-def load_gguf(path: str, *, dtype: str = "float32"):
-  """(ModelConfig, params dict) of a GGUF file (mode full)."""
-  cfg, params, _ = read_gguf(path, dtype=dtype)
-  return cfg, params
-
-
-def read_gguf(path: str, *, dtype: str = "float32", tokenizer: bool = False,
-              tokenizer_out: Optional[str] = None):
-  """load_gguf plus info (see famjax.convert.hf.read_hf).
-
-  tokenizer: also rebuild the GGUF's tokenizer as HF tokenizer files in
-  `tokenizer_out` (a new directory; info["tokenizer_dir"]).
-  """
-  reader = open_gguf(path)
-  _truncation_check(reader, path)
-  cfg, hf = config_from_gguf(reader, path)
-  cfg = cfg.replace(dtype=dtype, param_dtype=dtype).validate()
-  arch = metadata(reader, "general.architecture")
-  src = GGUFTensors(reader, cfg, arch, path)
-  params = table.to_famjax(cfg, src, "gguf", dtype=hf_mod._np_dtype(dtype),
-                           source=path)
-  unused = sorted(set(src.names()) - table.known_gguf_names(cfg)
-                  - {"rope_freqs.weight"})
-  if unused:
-    raise ConvertError(f"{path}: tensors {unused[:4]} have no place in famjax "
-                       "(unsupported features).")
-  info = dict(hf_config=hf, source=os.path.abspath(path), format="gguf",
-              tokenizer_files=[], fam_prompt=None, fam_config=None)
-  if tokenizer:
-    info["tokenizer_dir"] = gguf_tokenizer(path, tokenizer_out)
-  return cfg, params, info
-
-
-def gguf_tokenizer(path: str, out: Optional[str] = None) -> str:
-  """Rebuild the GGUF's tokenizer as HF files (tokenizer.json, ...) in `out`
-  (default: a new temporary directory); returns the directory."""
-  try:
-    from transformers import AutoTokenizer
-  except ImportError:
-    raise ConvertError("rebuilding a GGUF's tokenizer needs `transformers` "
-                       "(pip install transformers==5.24.0), or pass "
-                       "--no_tokenizer.") from None
-  out = out or tempfile.mkdtemp(prefix="famjax-gguf-tokenizer-")
-  try:
-    with fast_gguf_reader():
-      tok = AutoTokenizer.from_pretrained(
-          os.path.dirname(os.path.abspath(path)),
-          gguf_file=os.path.basename(path))
-    tok.save_pretrained(out)
-  except Exception as e:
-    raise ConvertError(f"{path}: its tokenizer cannot be rebuilt "
-                       f"({type(e).__name__}: {e}); pass --no_tokenizer to "
-                       "convert the weights only.") from None
-  return out
-
-
-def convert_gguf(src: str, out: str, *,
-                 attention: Optional[AttentionConfig] = None,
-                 dtype: str = "float32", seed: int = 0, tokenizer: bool = True,
-                 overwrite: bool = False) -> str:
-  """GGUF file -> famjax model directory (atomic), tokenizer in
-  extra/tokenizer/."""
-  hf_mod._check_out(out, overwrite)
-  tmp = tempfile.mkdtemp(prefix="famjax-gguf-")
-  try:
-    tok_dir = os.path.join(tmp, "tokenizer") if tokenizer else None
-    cfg, params, info = read_gguf(src, dtype=dtype, tokenizer=tokenizer,
-                                  tokenizer_out=tok_dir)
-    cfg, params = hf_mod.with_attention(cfg, params, info, attention, seed)
-    return hf_mod.write_model_dir(out, cfg, params, info,
-                                  tokenizer_dir=tok_dir, overwrite=overwrite)
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)

@@ -251,19 +251,15 @@ def to_hf(cfg: ModelConfig, params: dict, *, prefix: str = "model.",
   return out
 
 
-def famjax_names(cfg: ModelConfig) -> set:
-  return {r.famjax for r in rows(cfg)}
-
-
-def known_hf_names(cfg: ModelConfig, prefix: str) -> set:
+def known_names(cfg: ModelConfig, column: str, prefix: str = "") -> set:
+  """Every source tensor name the table reads (column "hf" or "gguf")."""
   names = set()
   for r in rows(cfg):
-    names.update(source_names(r, "hf", cfg, prefix))
+    names.update(source_names(r, column, cfg, prefix))
   return names
 
 
-def known_gguf_names(cfg: ModelConfig) -> set:
-  names = set()
-  for r in rows(cfg):
-    names.update(source_names(r, "gguf", cfg))
-  return names
+def np_dtype(name: str):
+  """numpy dtype of "float32" / "bfloat16" / "float16" (ml_dtypes' bf16)."""
+  import jax.numpy as jnp
+  return jnp.dtype(name)

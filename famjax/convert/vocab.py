@@ -57,11 +57,14 @@ class HFVocabulary(seqio.Vocabulary):
   add_special_tokens: let the tokenizer's post-processor add its special
     tokens (e.g. Gemma's <bos>) when encoding. seqio's convention, and the
     default here, is plain text ids (preprocessors add BOS/EOS).
+  name: a short name (task names `passkey_<name>`, error messages); it does
+    not enter equality.
   """
 
   def __init__(self, path: str, *, extra_ids: int = 0,
-               add_special_tokens: bool = False):
+               add_special_tokens: bool = False, name: Optional[str] = None):
     from tokenizers import Tokenizer
+    self.name = name or "tokenizer"
     self._json_path = _find_tokenizer_json(path)
     self._tok = Tokenizer.from_file(self._json_path)
     self._add_special = bool(add_special_tokens)
@@ -172,5 +175,6 @@ class HFVocabulary(seqio.Vocabulary):
     return hash((self._json_path, self._add_special, self.extra_ids))
 
   def __repr__(self):
-    return (f"HFVocabulary({self._json_path!r}, size={self.vocab_size}, "
+    return (f"HFVocabulary({self._json_path!r}, name={self.name!r}, "
+            f"size={self.vocab_size}, "
             f"eos={self.eos_id})")

@@ -13,6 +13,19 @@ Default tasks (byte vocabulary, need no files or downloads):
   top-level `*.py` files (always present offline), cut into chunks of the
   target length; files split by name hash, ~10% "validation".
 
+The same families exist for any vocabulary: `register_for_vocabulary(vocab)`
+registers `<family>_<vocabulary_name(vocab)>` for each family of
+`TASK_FAMILIES` (`add_task_family` adds one). From gin, a task file picks a
+model directory's own tokenizer:
+
+    TASK_VOCABULARY = @model_vocabulary()
+    model_vocabulary.model_dir = %LOAD_PARAMS_FROM
+    TASK = @vocabulary_task()
+    vocabulary_task.family = 'passkey'
+    vocabulary_task.vocabulary = %TASK_VOCABULARY
+
+(`vocabulary_task` registers the task and returns its name.)
+
 Metrics: `exact_match` on decoded predictions, `target_log_likelihood` on
 scores.
 
@@ -28,12 +41,14 @@ import os
 import zlib
 from typing import Callable, Dict, Optional
 
+import gin
 import numpy as np
 import seqio
 import tensorflow as tf
 
 from famjax.data import synthetic
-from famjax.data.vocab import get_vocabulary
+from famjax.data.vocab import get_vocabulary, vocabulary_name
+from famjax.errors import UserError
 
 # Length of the "targets" feature for tasks with "inputs" (prefix LM): the
 # pipeline gives "inputs" seq_len - TARGETS_LENGTH[name].
@@ -273,16 +288,66 @@ def register_pylib_lm_task(name: str, vocab) -> seqio.Task:
   return _add(task)
 
 
+# ------------------------------------------------- families x vocabularies
+# family -> builder(task_name, vocabulary) registering one seqio task.
+TaskBuilder = Callable[[str, seqio.Vocabulary], seqio.Task]
+TASK_FAMILIES: Dict[str, TaskBuilder] = {}
+
+
+def add_task_family(family: str, builder: TaskBuilder) -> None:
+  """Make `family` buildable for every vocabulary (`<family>_<vocab name>`)."""
+  TASK_FAMILIES[family] = builder
+
+
+add_task_family("passkey", register_passkey_task)
+add_task_family("multikey", functools.partial(register_synthetic_task,
+                                              generator="multikey"))
+add_task_family("variable_tracking", functools.partial(
+    register_synthetic_task, generator="variable_tracking"))
+add_task_family("pylib_lm", register_pylib_lm_task)
+
+
+def task_name(family: str, vocab: seqio.Vocabulary) -> str:
+  return f"{family}_{vocabulary_name(vocab)}"
+
+
+def register_for_vocabulary(vocab, families=None) -> Dict[str, str]:
+  """Register `<family>_<vocabulary_name(vocab)>` for each family (default:
+  all of TASK_FAMILIES); returns {family: task name}.
+
+  vocab: a seqio.Vocabulary or a name/path for `get_vocabulary`.
+  """
+  if isinstance(vocab, str):
+    vocab = get_vocabulary(vocab)
+  families = list(TASK_FAMILIES) if families is None else list(families)
+  unknown = [f for f in families if f not in TASK_FAMILIES]
+  if unknown:
+    raise UserError(f"unknown task families {unknown}; known: "
+                    f"{sorted(TASK_FAMILIES)}.")
+  names = {}
+  for family in families:
+    names[family] = task_name(family, vocab)
+    existing = (seqio.TaskRegistry.get(names[family])
+                if names[family] in seqio.TaskRegistry.names() else None)
+    if existing is None or existing.output_features[
+        "targets"].vocabulary != vocab:
+      TASK_FAMILIES[family](names[family], vocab)
+  return names
+
+
+@gin.register
+def vocabulary_task(family: str = gin.REQUIRED,
+                    vocabulary=gin.REQUIRED) -> str:
+  """Register the `family` task for `vocabulary` and return its name (gin:
+  `TASK = @vocabulary_task()`)."""
+  return register_for_vocabulary(vocabulary, [family])[family]
+
+
 def register_defaults():
-  byte = get_vocabulary("byte")
-  register_passkey_task("passkey_byte", byte)
-  register_synthetic_task("multikey_byte", byte, generator="multikey")
-  register_synthetic_task("variable_tracking_byte", byte,
-                          generator="variable_tracking")
-  register_pylib_lm_task("pylib_lm_byte", byte)
+  register_for_vocabulary(get_vocabulary("byte"))
   # The long-context eval suite (famjax.data.eval_tasks; docs/evals.md).
   from famjax.data import eval_tasks
-  eval_tasks.register_eval_suite(byte, "byte")
+  eval_tasks.register_eval_suite(get_vocabulary("byte"), "byte")
 
 
 register_defaults()

@@ -101,8 +101,9 @@ def write_operative_config(model_dir: str):
   os.replace(tmp, path)
 
 
-def export_model(path, cfg, params):
-  """Final params as a famjax model directory (LoRA merged); host 0 writes."""
+def export_model(path, cfg, params, extra_from=None):
+  """Final params as a famjax model directory (LoRA merged; the tokenizer and
+  hf_config.json of model directory `extra_from` kept); host 0 writes."""
   from famjax import params_io
   params = sharding.to_host(params)
   if jax.process_index() != 0:
@@ -110,4 +111,5 @@ def export_model(path, cfg, params):
   if cfg.lora_rank:
     from famjax.lora import merge_lora
     params, cfg = merge_lora(params, cfg)
-  return params_io.save_model_dir(path, cfg, params, overwrite=True)
+  return params_io.save_model_dir(path, cfg, params, overwrite=True,
+                                 extra_from=extra_from)

@@ -1,6 +1,5 @@
-"""Hugging Face checkpoints (config.json + safetensors) -> famjax.
-
-Supported architectures (the Llama family and Gemma 3):
+"""Hugging Face config.json <-> famjax ModelConfig, for the supported
+architectures (the Llama family and Gemma 3):
 
   model_type    HF class                         notes
   llama         LlamaForCausalLM                 Llama 2/3, SmolLM2, ...
@@ -9,29 +8,22 @@ Supported architectures (the Llama family and Gemma 3):
   gemma3_text   Gemma3ForCausalLM                local/global layers, sandwich
   gemma3        Gemma3ForConditionalGeneration   the text part only
 
-`config_from_hf` / `config_to_hf` translate configs in both directions
-(also used by the GGUF importer and the exporter); the weights go through
-the one table in `famjax.convert.table`.
+`config_from_hf` / `config_to_hf` translate in both directions; every
+checkpoint source (`famjax.convert.source`) states its config as an HF
+config dict, so this is the one config mapping.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
-import shutil
-import tempfile
 from typing import Optional
 
-import numpy as np
-
-from famjax.config import AttentionConfig, ModelConfig
-from famjax.convert import table
+from famjax.config import ModelConfig
 from famjax.convert.errors import ConvertError
 
 SUPPORTED = ("llama", "mistral", "qwen2", "gemma3_text", "gemma3")
 SUPPORTED_TEXT = ("LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, "
                   "Gemma3ForCausalLM, Gemma3ForConditionalGeneration (text)")
-_ARCH = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+HF_CLASSES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
          "qwen2": "Qwen2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM"}
 # HF's class defaults for fields a config.json may omit.
 _DEFAULTS = {
@@ -52,14 +44,10 @@ _ACTIVATIONS = {"silu": "silu", "swish": "silu",
                 "gelu_pytorch_tanh": "gelu_tanh", "gelu_tanh": "gelu_tanh",
                 "gelu_new": "gelu_tanh", "gelu": "gelu"}
 _LAYER_TYPES = {"sliding_attention": "local", "full_attention": "global"}
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json",
-                    "special_tokens_map.json", "tokenizer.model",
-                    "chat_template.jinja", "chat_template.json",
-                    "vocab.json", "merges.txt", "added_tokens.json")
 
 
 # ======================================================= config: HF -> famjax
-def _text_config(hf: dict) -> dict:
+def text_config(hf: dict) -> dict:
   mt = hf.get("model_type")
   if mt not in SUPPORTED:
     arch = (hf.get("architectures") or [None])[0]
@@ -111,7 +99,7 @@ def _rope(params: Optional[dict], legacy_theta, legacy_scaling, default_theta,
 
 def config_from_hf(hf: dict) -> ModelConfig:
   """ModelConfig of an HF config.json dict (attention mode `full`)."""
-  hf = _text_config(hf)
+  hf = text_config(hf)
   mt = hf["model_type"]
   d = dict(_DEFAULTS[mt])
   d.update({k: v for k, v in hf.items() if v is not None or k in (
@@ -157,8 +145,11 @@ def config_from_hf(hf: dict) -> ModelConfig:
           raise ConvertError(f"{what}: sliding layers but no sliding_window.")
         kw.update(sliding_window=int(window), layer_types=types)
     return ModelConfig(**kw).validate()
+  return ModelConfig(**_gemma3_fields(d, kw, rp, what)).validate()
 
-  # ----- gemma3_text
+
+def _gemma3_fields(d: dict, kw: dict, rp, what: str) -> dict:
+  """kw completed with the Gemma 3 text fields of config d."""
   if d.get("attention_bias"):
     raise ConvertError(f"{what}: attention_bias is not supported.")
   if d.get("use_bidirectional_attention"):
@@ -192,7 +183,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
       final_logit_softcap=_opt_float(d.get("final_logit_softcapping")),
       layer_types=types,
       sliding_window=int(d["sliding_window"]) if "local" in types else None)
-  return ModelConfig(**kw).validate()
+  return kw
 
 
 def _opt_float(v):
@@ -243,7 +234,7 @@ def family_of(cfg: ModelConfig, hint: Optional[str] = None) -> str:
       if not all(cfg.local_layers[first:]):
         problems.append("layer_types (Qwen2 needs all local layers last)")
     if problems:
-      raise ConvertError(f"cannot export to {_ARCH[fam]}: unsupported "
+      raise ConvertError(f"cannot export to {HF_CLASSES[fam]}: unsupported "
                          f"settings {problems}.")
   return fam
 
@@ -262,7 +253,7 @@ def _rope_to_hf(cfg: ModelConfig) -> dict:
 def config_to_hf(cfg: ModelConfig, base: Optional[dict] = None) -> dict:
   """HF config.json dict for cfg. base: the source checkpoint's config, whose
   non-architectural fields (token ids, max positions, ...) are kept."""
-  base = _text_config(base) if base and base.get("model_type") in SUPPORTED \
+  base = text_config(base) if base and base.get("model_type") in SUPPORTED \
       else {}
   fam = family_of(cfg, base.get("model_type"))
   dtype = {"float32": "float32", "bfloat16": "bfloat16",
@@ -271,7 +262,8 @@ def config_to_hf(cfg: ModelConfig, base: Optional[dict] = None) -> dict:
                                "max_position_embeddings", "initializer_range")
           if k in base}
   out = dict(
-      architectures=[_ARCH[fam]], model_type=fam, vocab_size=cfg.vocab_size,
+      architectures=[HF_CLASSES[fam]], model_type=fam,
+      vocab_size=cfg.vocab_size,
       hidden_size=cfg.d_model, intermediate_size=cfg.ffn_dim,
       num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
       num_key_value_heads=cfg.n_kv, head_dim=cfg.hd, rms_norm_eps=cfg.norm_eps,
@@ -308,247 +300,3 @@ def config_to_hf(cfg: ModelConfig, base: Optional[dict] = None) -> dict:
                                   else cfg.num_layers),
                layer_types=types)
   return out
-
-
-# ================================================================ weights
-def _read_json(path: str, what: str) -> dict:
-  if not os.path.isfile(path):
-    raise ConvertError(f"{what} {path} is missing.")
-  try:
-    with open(path) as fh:
-      return json.load(fh)
-  except (ValueError, UnicodeDecodeError) as e:
-    raise ConvertError(f"{path} is not valid JSON ({e}).") from None
-
-
-class SafetensorsDir:
-  """Lazy name -> numpy array over model.safetensors or a sharded index."""
-
-  def __init__(self, path: str):
-    single = os.path.join(path, "model.safetensors")
-    index = os.path.join(path, "model.safetensors.index.json")
-    if os.path.isfile(index):
-      wm = _read_json(index, "shard index").get("weight_map")
-      if not isinstance(wm, dict):
-        raise ConvertError(f"{index} has no weight_map.")
-      self.where = {k: os.path.join(path, v) for k, v in wm.items()}
-    elif os.path.isfile(single):
-      self.where = None
-      self.files = [single]
-    else:
-      raise ConvertError(
-          f"{path} has no model.safetensors (nor model.safetensors.index.json)"
-          "; only safetensors checkpoints are supported.")
-    if self.where is not None:
-      self.files = sorted(set(self.where.values()))
-    self._handles = {}
-    self._names = {}
-    for f in self.files:
-      names = self._open(f).keys()
-      for n in names:
-        self._names[n] = f
-    if self.where is not None:
-      missing = sorted(k for k in self.where if k not in self._names)
-      if missing:
-        raise ConvertError(f"shards do not contain {missing[:3]} listed in "
-                           "model.safetensors.index.json (incomplete copy?).")
-
-  def _open(self, f):
-    from safetensors import safe_open
-    if f not in self._handles:
-      if not os.path.isfile(f):
-        raise ConvertError(f"checkpoint shard {f} is missing.")
-      try:
-        self._handles[f] = safe_open(f, framework="flax")
-      except Exception as e:  # SafetensorError for truncated / corrupt files
-        raise ConvertError(f"{f} cannot be read ({type(e).__name__}: {e}); "
-                           "the file is truncated or corrupt.") from None
-    return self._handles[f]
-
-  def names(self):
-    return list(self._names)
-
-  def __call__(self, name):
-    if name not in self._names:
-      raise KeyError(name)
-    try:
-      return np.asarray(self._open(self._names[name]).get_tensor(name))
-    except Exception as e:
-      raise ConvertError(f"tensor {name!r} of {self._names[name]} cannot be "
-                         f"read ({type(e).__name__}: {e}); the file is "
-                         "truncated or corrupt.") from None
-
-
-_IGNORED = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.",
-            "model.multi_modal_projector.")
-
-
-def _model_prefix(names) -> str:
-  hits = [n[:-len("embed_tokens.weight")] for n in names
-          if n.endswith("embed_tokens.weight") and not n.startswith(_IGNORED)]
-  if len(hits) != 1:
-    raise ConvertError("cannot find the token embedding (…embed_tokens.weight)"
-                       f" among the checkpoint's tensors (found {hits}).")
-  return hits[0]
-
-
-def load_hf(path: str, *, dtype: str = "float32"):
-  """(ModelConfig, params dict) of an HF checkpoint directory (mode full)."""
-  cfg, params, _ = read_hf(path, dtype=dtype)
-  return cfg, params
-
-
-def read_hf(path: str, *, dtype: str = "float32"):
-  """load_hf plus info: {"hf_config": the config.json dict,
-  "tokenizer_files": [paths], "fam_prompt": array or None (an exported
-  famjax model's), "fam_config": dict or None, "source", "format"}."""
-  if not os.path.isdir(path):
-    raise ConvertError(f"{path} is not a directory (expected a Hugging Face "
-                       "checkpoint with config.json and *.safetensors).")
-  hf = _read_json(os.path.join(path, "config.json"), "config file")
-  cfg = config_from_hf(hf).replace(dtype=dtype, param_dtype=dtype)
-  cfg.validate()
-  st = SafetensorsDir(path)
-  names = st.names()
-  prefix = _model_prefix(names)
-  lm_head = next((n for n in ("lm_head.weight", "language_model.lm_head.weight")
-                  if n in names), "lm_head.weight")
-
-  def get(name):
-    return st(lm_head if name == "lm_head.weight" else name)
-
-  params = table.to_famjax(cfg, get, "hf", prefix=prefix,
-                           dtype=np.dtype(_np_dtype(dtype)), source=path)
-  used = table.known_hf_names(cfg, prefix) | {lm_head}
-  unused = sorted(n for n in names if n not in used
-                  and not n.startswith(_IGNORED) and "rotary_emb" not in n)
-  if unused:
-    raise ConvertError(
-        f"{path}: tensors {unused[:4]} have no place in famjax (features this "
-        "converter does not support, or a config that does not match).")
-  info = dict(hf_config=hf, source=os.path.abspath(path), format="hf",
-              tokenizer_files=[os.path.join(path, f) for f in _TOKENIZER_FILES
-                               if os.path.isfile(os.path.join(path, f))],
-              fam_prompt=None, fam_config=None)
-  fp = os.path.join(path, "fam_prompt.npy")
-  if os.path.isfile(fp):
-    info["fam_prompt"] = np.load(fp)
-    fc = os.path.join(path, "fam_config.json")
-    if os.path.isfile(fc):
-      info["fam_config"] = _read_json(fc, "FAM config")
-  return cfg, params, info
-
-
-def _np_dtype(name):
-  import jax.numpy as jnp
-  return jnp.dtype(name)
-
-
-# ============================================================ attention
-def with_attention(cfg: ModelConfig, params: dict, info: dict,
-                   attention: Optional[AttentionConfig], seed: int = 0):
-  """cfg / params for the chosen attention. `fam` adds `fam_prompt`: the one
-  stored beside the checkpoint (an exported famjax model), else a fresh
-  normal(0.02) init. attention=None: the stored FAM config, else `full`."""
-  if attention is None:
-    fc = info.get("fam_config")
-    attention = AttentionConfig(**fc) if fc else AttentionConfig()
-  attention.validate()
-  cfg = cfg.replace(attention=attention).validate()
-  params = dict(params)
-  params.pop("fam_prompt", None)
-  if attention.mode == "fam":
-    stored = info.get("fam_prompt")
-    f = attention.fam_length
-    if stored is not None:
-      if tuple(stored.shape) != (f, cfg.d_model):
-        raise ConvertError(
-            f"the checkpoint's fam_prompt.npy has shape {tuple(stored.shape)} "
-            f"but fam_length={f} needs ({f}, {cfg.d_model}); use "
-            f"--fam_length {stored.shape[0]} or delete fam_prompt.npy.")
-      params["fam_prompt"] = np.asarray(stored, _np_dtype(cfg.param_dtype))
-    else:
-      import jax
-      key = jax.random.PRNGKey(seed)
-      params["fam_prompt"] = np.asarray(
-          0.02 * jax.random.normal(key, (f, cfg.d_model)),
-          _np_dtype(cfg.param_dtype))
-  return cfg, params
-
-
-def build_model(cfg: ModelConfig, params: dict, source: str = "checkpoint"):
-  """A Transformer holding exactly `params` (see params_io.build_model)."""
-  from famjax import params_io
-  try:
-    return params_io.build_model(cfg, params, source=source, allow_new=False)
-  except ValueError as e:
-    raise ConvertError(str(e)) from e
-
-
-def from_pretrained(src: str, *, attention: Optional[AttentionConfig] = None,
-                    dtype: str = "float32", seed: int = 0):
-  """A famjax Transformer from an HF directory or a .gguf file.
-
-  attention: AttentionConfig(mode=...) to run the weights with; `fam` adds
-  only `fam_prompt` (normal, std 0.02, from `seed`).
-  """
-  if os.path.isfile(src) and src.endswith(".gguf"):
-    from famjax.convert.gguf import read_gguf
-    cfg, params, info = read_gguf(src, dtype=dtype, tokenizer=False)
-  else:
-    cfg, params, info = read_hf(src, dtype=dtype)
-  cfg, params = with_attention(cfg, params, info, attention, seed)
-  return build_model(cfg, params, src)
-
-
-# ============================================================ to directory
-def write_model_dir(out: str, cfg: ModelConfig, params: dict, info: dict, *,
-                    tokenizer_dir: Optional[str] = None,
-                    overwrite: bool = False) -> str:
-  """save_model_dir with the converter's extras: hf_config.json (for export),
-  the tokenizer files under extra/tokenizer/."""
-  from famjax.params_io import save_model_dir
-  _check_out(out, overwrite)
-  tmp = tempfile.mkdtemp(prefix="famjax-convert-")
-  try:
-    extra = {}
-    hf_cfg = os.path.join(tmp, "hf_config.json")
-    with open(hf_cfg, "w") as fh:
-      json.dump(info.get("hf_config") or {}, fh, indent=2)
-    extra["hf_config.json"] = hf_cfg
-    src = os.path.join(tmp, "source.json")
-    with open(src, "w") as fh:
-      json.dump({"format": info.get("format"), "source": info.get("source")},
-                fh, indent=2)
-    extra["source.json"] = src
-    tok = tokenizer_dir
-    if tok is None and info.get("tokenizer_files"):
-      tok = os.path.join(tmp, "tokenizer")
-      os.makedirs(tok)
-      for f in info["tokenizer_files"]:
-        shutil.copyfile(f, os.path.join(tok, os.path.basename(f)))
-    if tok is not None:
-      extra["tokenizer"] = tok
-    return save_model_dir(out, cfg, params, extra_files=extra,
-                          overwrite=overwrite)
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _check_out(out: str, overwrite: bool):
-  if os.path.exists(out) and not overwrite:
-    if not os.path.isdir(out) or os.listdir(out):
-      raise ConvertError(f"output directory {out} exists and is not empty; "
-                         "choose a new path or remove it (nothing was "
-                         "written).")
-
-
-def convert_hf(src: str, out: str, *,
-               attention: Optional[AttentionConfig] = None,
-               dtype: str = "float32", seed: int = 0,
-               overwrite: bool = False) -> str:
-  """HF directory -> famjax model directory (atomic)."""
-  _check_out(out, overwrite)
-  cfg, params, info = read_hf(src, dtype=dtype)
-  cfg, params = with_attention(cfg, params, info, attention, seed)
-  return write_model_dir(out, cfg, params, info, overwrite=overwrite)
