@@ -22,6 +22,7 @@ setup(
         "tokenizers==0.23.3",
         "tensorboardX==2.6.5",
         "tqdm",
+        "matplotlib==3.11.2",
     ],
     extras_require={
         "test": [
