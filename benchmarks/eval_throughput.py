@@ -76,7 +76,7 @@ def state_batch(state):
 def measure(mode, length, examples, batch_size):
   from famjax.evals import evaluator, infer
   model = model_of(mode)
-  ev = evaluator.make_evaluator(
+  ev, = evaluator.make_evaluators(
       "passkey_byte", max_examples=examples, log_dir=None,
       sequence_length={"inputs": length - TARGETS_LENGTH,
                        "targets": TARGETS_LENGTH})

@@ -63,10 +63,13 @@ def needle_accuracy(targets, predictions):
 
 
 def sequence_scores(targets, scores):
+  """Scores [2, n] per example; NaN columns are padding (ragged tasks)."""
   del targets
-  return {"log_likelihood": float(np.mean([np.sum(s[0]) for s in scores])),
+  rows = [np.asarray(s, np.float64) for s in scores]
+  rows = [s[:, ~np.isnan(s[0])] for s in rows]
+  return {"log_likelihood": float(np.mean([np.sum(s[0]) for s in rows])),
           "token_accuracy": 100.0 * float(np.mean(np.concatenate(
-              [np.asarray(s[1]) for s in scores])))}
+              [s[1] for s in rows])))}
 
 
 def register():

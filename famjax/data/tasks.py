@@ -52,10 +52,10 @@ def target_log_likelihood(targets, scores):
   """Mean log-likelihood of the target sequences (higher is better).
 
   scores: per example [2, n_targets] (famjax.evals): row 0 the per-token
-  log-probabilities, summed here.
+  log-probabilities, summed here (NaN: padding of ragged tasks).
   """
   del targets
-  totals = [float(np.sum(s[0])) for s in scores]
+  totals = [float(np.nansum(s[0])) for s in scores]
   return {"target_log_likelihood": float(np.mean(totals)) if totals else 0.0}
 
 

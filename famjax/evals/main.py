@@ -51,7 +51,7 @@ def _tag(name: str, split: str, att: Optional[AttentionConfig]) -> str:
   return tag
 
 
-def check_position_limit(cfg, source, ev, limit: Optional[int]):
+def check_position_limit(cfg, source, evs, limit: Optional[int]):
   """UserError if a `full` model would see a context longer than it was
   made for (bswa / fam have no limit)."""
   from famjax.evals import evaluator, models
@@ -60,7 +60,7 @@ def check_position_limit(cfg, source, ev, limit: Optional[int]):
   limit = limit or models.position_limit(source)
   if not limit:
     return
-  lengths = evaluator.task_lengths(ev)
+  lengths = evaluator.task_lengths(evs)
   long = {t: n for t, n in lengths.items() if n > limit}
   if long:
     task, n = max(long.items(), key=lambda kv: kv[1])
@@ -71,16 +71,27 @@ def check_position_limit(cfg, source, ev, limit: Optional[int]):
         " --gin.AttentionConfig.mode=fam (or bswa).")
 
 
-def check_vocabulary(source, ev):
-  """The tasks must use the model's tokenizer (LEAD: the one call site of
-  famjax.data.vocab.check_task_vocabulary; token ids outside the model's
-  vocabulary are refused by famjax.evals.infer in any case)."""
+def check_vocabulary(source, cfg, evs):
+  """The tasks must use the model's tokenizer: the one call site of
+  famjax.data.vocab.check_task_vocabulary (a model directory decides by its
+  tokenizer, a run by its vocab_size). Token ids outside the model's
+  vocabulary are refused by famjax.evals.infer in any case."""
   try:
     from famjax.data.vocab import check_task_vocabulary
   except ImportError:
     return
-  for task in ev.eval_tasks:
-    check_task_vocabulary(task, source.path)
+  for ev in evs:
+    for task in ev.eval_tasks:
+      check_task_vocabulary(task, source.path if source.kind == "model"
+                            else cfg)
+
+
+def model_vocabulary(source):
+  """The model directory, if it has its own tokenizer (tasks named for it
+  are registered on demand), else None."""
+  from famjax.data.vocab import has_hf_tokenizer
+  return source.path if (source.kind == "model" and
+                         has_hf_tokenizer(source.path)) else None
 
 
 @gin.configurable("eval")
@@ -113,8 +124,8 @@ def evaluate(*, model_dir: str = gin.REQUIRED,
     init_distributed()
   if not isinstance(batch_size, int) or batch_size < 1:
     raise UserError(f"eval.batch_size={batch_size!r} must be an integer >= 1.")
-  ev_task = evaluator.get_task(mixture_or_task_name)
   source = models.resolve(model_dir)
+  ev_task = evaluator.get_task(mixture_or_task_name, model_vocabulary(source))
   steps = models.select_steps(source, checkpoint_steps)
   try:
     cfg = models.model_config(source)
@@ -124,11 +135,12 @@ def evaluate(*, model_dir: str = gin.REQUIRED,
     raise UserError(str(e)) from e
   out_dir = os.path.abspath(output_dir or os.path.join(
       source.path, "evals", _tag(ev_task.name, split, attention)))
-  ev = evaluator.make_evaluator(
+  evs = evaluator.make_evaluators(
       mixture_or_task_name, split=split, max_examples=max_examples,
-      sequence_length=sequence_length, log_dir=out_dir)
-  check_position_limit(cfg, source, ev, position_limit)
-  check_vocabulary(source, ev)
+      sequence_length=sequence_length, log_dir=out_dir,
+      vocabulary=model_vocabulary(source))
+  check_position_limit(cfg, source, evs, position_limit)
+  check_vocabulary(source, cfg, evs)
   done = set(infer.allgather(sorted(evaluator.read_results(out_dir)["steps"]))
              [0])
   todo = [s for s in steps if str(s) not in done]
@@ -137,11 +149,11 @@ def evaluate(*, model_dir: str = gin.REQUIRED,
   if skipped and chief:
     print(f"famjax eval: steps {skipped} already evaluated in {out_dir}/"
           f"{evaluator.RESULTS}; skipping them.", flush=True)
-  info = evaluator.summary_info(ev) if todo else {}
+  info = evaluator.summary_info(evs) if todo else {}
   results = {}
   for step in todo:
     _, model = models.load(source, step, cfg=cfg)
-    metrics = evaluator.run_step(ev, model, step=step, batch_size=batch_size)
+    metrics = evaluator.run_step(evs, model, step=step, batch_size=batch_size)
     if chief:
       files = evaluator.record_step(
           out_dir, step, metrics, info, model_dir=source.path,
