@@ -24,6 +24,7 @@ setup(
         "tensorboardX==2.6.5",
         "tqdm",
         "rdata==1.1.0",
+        "matplotlib==3.11.2",
     ],
     extras_require={
         "test": [

@@ -13,6 +13,7 @@ import sys
 COMMANDS = {
     "train": ("famjax.train.main", "train the model of a gin run file"),
     "convert": ("famjax.convert.cli", "convert Hugging Face / GGUF checkpoints"),
+    "eval": ("famjax.evals.main", "run seqio evals on a model directory"),
     "generate": ("famjax.decode", "stream-decode from a prompt"),
 }
 

@@ -68,9 +68,14 @@ def exact_match(targets, predictions):
 
 
 def target_log_likelihood(targets, scores):
-  """Mean log-likelihood of the target sequences (higher is better)."""
+  """Mean log-likelihood of the target sequences (higher is better).
+
+  scores: per example [2, n_targets] (famjax.evals): row 0 the per-token
+  log-probabilities, summed here (NaN: padding of ragged tasks).
+  """
   del targets
-  return {"target_log_likelihood": float(np.mean(scores)) if len(scores) else 0.0}
+  totals = [float(np.nansum(s[0])) for s in scores]
+  return {"target_log_likelihood": float(np.mean(totals)) if totals else 0.0}
 
 
 def strip_postprocessor(output, example=None, is_target=False):
