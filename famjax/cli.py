@@ -9,6 +9,7 @@ COMMANDS = {
     "convert": ("famjax.convert.cli", "convert Hugging Face / GGUF checkpoints"),
     "generate": ("famjax.decode", "stream-decode from a prompt"),
     "bench": ("benchmarks.attention_modes", "time full / bswa / fam"),
+    "compile": ("famjax.compile", "compile a run's train step for a TPU topology ahead of time"),
 }
 
 
