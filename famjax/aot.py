@@ -250,7 +250,8 @@ def compile_step(step, abstract_args, hbm_bytes: Optional[int]) -> dict:
   except Exception as e:  # pylint: disable=broad-except
     if not _is_oom(e):
       raise
-    out.update(fits=False, compiler_error=_oom_line(e))
+    out.update(fits=False, compiler_error=_oom_line(e),
+               compiler_message=str(e)[:20000])
   else:
     m = compiled.memory_analysis()
     mem = {"arguments": m.argument_size_in_bytes,
