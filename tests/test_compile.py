@@ -150,3 +150,27 @@ def test_topology_table():
   t = aot.parse_topology("v5p:4x4x4", 2)
   assert t.chips == 128 and t.chip.hbm_bytes == 95 * 1024 ** 3
   assert aot.parse_topology("v5e:16x16").chips == 256
+
+
+def test_flop_counter_counts_scans_conds_and_loops():
+  """famjax.flops against hand counts: a scanned matmul, both branches of a
+  cond (the larger counts), a while loop (once, flagged)."""
+  import jax
+  import jax.numpy as jnp
+  from famjax.flops import count_jaxpr
+
+  def f(w, x):
+    def body(c, _):
+      return jnp.tanh(c @ w), None
+    y = jax.lax.scan(body, x, None, length=5)[0]
+    y = jax.lax.cond(y.sum() > 0, lambda a: a @ w @ w, lambda a: a, y)
+    return jax.lax.while_loop(lambda c: c.sum() < 0, lambda c: c @ w, y).sum()
+
+  w, x = jnp.ones((8, 8)), jnp.ones((4, 8))
+  one = 2 * 4 * 8 * 8                      # [4, 8] @ [8, 8]
+  count = count_jaxpr(jax.make_jaxpr(f)(w, x))
+  assert count.matmul == 5 * one + 2 * one + one
+  assert count.unbounded_loops == 1
+  grad = count_jaxpr(jax.make_jaxpr(jax.grad(lambda w: jax.lax.scan(
+      lambda c, _: (jnp.tanh(c @ w), None), x, None, length=5)[0].sum()))(w))
+  assert grad.matmul == 3 * 5 * one        # forward + two backward matmuls
