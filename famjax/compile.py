@@ -39,7 +39,24 @@ import time
 from famjax import aot
 from famjax.errors import UserError
 
-USAGE = __doc__.split("\n\n")[1]
+USAGE = """usage: famjax compile --gin_file=RUN.gin [--gin.NAME=VALUE ...] --topology=TOPOLOGY
+                      [--num_slices=N] [--require_fit] [--json=PATH]
+                      [--save_executable=PATH]
+
+  --gin_file, --gin.NAME=VALUE, --gin_search_paths   as for famjax train
+                       (MODEL_DIR and TASK need not be set: nothing is read
+                       or written)
+  --topology           a TPU slice, CHIP:AxB[xC] with CHIP v4, v5e, v5p or
+                       v6e (e.g. v5e:4x4, v5p:4x4x4), or gpu:SxHxD (mocked
+                       GPU cluster; needs a local GPU)
+  --num_slices         number of such slices (multislice), default 1
+  --require_fit        exit 1 when the step does not fit in HBM
+  --json               also write the report as JSON to PATH
+  --save_executable    write the serialised executable to PATH and the
+                       versions it needs to PATH.json
+
+e.g. famjax compile --gin_file=gin/runs/llama3_8b_fam.gin --topology=v5p:4x4x4
+"""
 
 
 # --------------------------------------------------------------- the run
@@ -68,7 +85,7 @@ def read_run(argv):
   except gin_flags.GinFlagError as e:
     raise UserError(str(e)) from None
   if not files:
-    raise UserError("no --gin_file given.\n\n" + USAGE)
+    raise UserError("no --gin_file given (famjax compile --help shows how).")
   if not own["topology"]:
     raise UserError("--topology is required, e.g. --topology=v5e:4x4.")
   try:
@@ -221,7 +238,7 @@ def run(argv) -> dict:
 def main(argv=None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   if not argv or argv[0] in ("-h", "--help", "help"):
-    print(__doc__.split("\n\n")[0] + "\n\n" + USAGE)
+    print(USAGE)
     return 0 if argv else 2
   started = time.perf_counter()
   try:
