@@ -178,12 +178,12 @@ def test_required_parameter_left_unbound(tmp_path, capfd):
 
 
 def test_internal_error_keeps_its_traceback(tiny_gin, tmp_path, monkeypatch):
-  from famjax.train import loop
+  from famjax.train import build
 
-  def broken(cfg, seed):
+  def broken(cfg, **kw):
     raise ValueError("a shape bug inside the model")
 
-  monkeypatch.setattr(loop, "_build", broken)
+  monkeypatch.setattr(build, "build_state", broken)
   with pytest.raises(ValueError, match="a shape bug"):
     main_in_process(f"--gin_file={tiny_gin}", f"--gin.MODEL_DIR={tmp_path}/r")
 
