@@ -185,7 +185,7 @@ def main(argv=None) -> int:
     print(__doc__.split("\n\n")[0] + "\n\n" + USAGE)
     return 0 if argv else 2
   from famjax.train import gin_flags
-  from famjax.train import loop  # noqa: F401  registers AttentionConfig & co
+  import famjax.config  # noqa: F401  registers AttentionConfig with gin
   debug = os.environ.get("FAMJAX_TRACEBACK") == "1"
   logging.getLogger("absl").setLevel(logging.WARNING)
   gin.clear_config()
