@@ -122,6 +122,11 @@ def main(argv=None):
       r = measure(mode, length, args.examples, args.batch_size)
       report["results"].setdefault(mode, {})[str(length)] = r
       print(mode, length, r, flush=True)
+      write(report, lengths, args.out)     # partial results survive a kill
+  print(write(report, lengths, args.out))
+
+
+def write(report, lengths, out):
   for mode, rows in report["results"].items():
     a, b = rows.get(str(lengths[0])), rows.get(str(lengths[-1]))
     if a and b:
@@ -133,11 +138,11 @@ def main(argv=None):
           f"examples_per_s {lengths[-1]}/{lengths[0]}":
               round(b["examples_per_s"] / a["examples_per_s"], 3)}
   text = json.dumps(report, indent=1)
-  if args.out:
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as fh:
+  if out:
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as fh:
       fh.write(text + "\n")
-  print(text)
+  return text
 
 
 if __name__ == "__main__":

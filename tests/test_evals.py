@@ -209,6 +209,27 @@ def test_eval_rerun_skips_evaluated_steps(run_dir, first_eval, capsys):
     assert [json.loads(l)["step"] for l in fh] == [2, 1]
 
 
+def test_evaluate_model_in_memory_equals_cli(first_eval, tmp_path):
+  """The trainer's entry point on an in-memory model: the same metrics as
+  `famjax eval` of the checkpoint holding the same weights, same files."""
+  from famjax import evals, params_io
+  cfg = fx.tiny_cfg("fam")
+  model = params_io.build_model(cfg, fx.random_params(cfg, 2))
+  out = str(tmp_path / "in_training")
+  got = evals.evaluate_model(model, mixture_or_task_name="evtest_needle_byte",
+                             step=7, output_dir=out, batch_size=4)
+  with open(os.path.join(first_eval, "results.json")) as fh:
+    want = json.load(fh)["steps"]["2"]
+  assert sorted(got) == sorted(want)
+  for task in want:
+    for k, v in want[task].items():
+      assert got[task][k] == pytest.approx(v, abs=1e-4), (task, k)
+  with open(os.path.join(out, "results.json")) as fh:
+    assert list(json.load(fh)["steps"]) == ["7"]
+  assert os.path.isfile(os.path.join(out, "heatmap_evtest_needle_step7.png"))
+  assert glob.glob(os.path.join(out, "tensorboard", "events.*"))
+
+
 def one_error_line(code, err):
   assert code == 2, err
   lines = err.strip().splitlines()

@@ -47,7 +47,7 @@ import seqio
 import tensorflow as tf
 
 from famjax.data import synthetic
-from famjax.data.vocab import get_vocabulary, vocabulary_name
+from famjax.data.vocab import get_vocabulary, gin_register, vocabulary_name
 from famjax.errors import UserError
 
 # Length of the "targets" feature for tasks with "inputs" (prefix LM): the
@@ -330,17 +330,13 @@ def register_for_vocabulary(vocab, families=None) -> Dict[str, str]:
     raise UserError(f"unknown task families {unknown}; known: "
                     f"{sorted(TASK_FAMILIES)}.")
   names = {}
-  for family in families:
+  for family in families:   # (re-)registering replaces a task of that name
     names[family] = task_name(family, vocab)
-    existing = (seqio.TaskRegistry.get(names[family])
-                if names[family] in seqio.TaskRegistry.names() else None)
-    if existing is None or existing.output_features[
-        "targets"].vocabulary != vocab:
-      TASK_FAMILIES[family](names[family], vocab)
+    TASK_FAMILIES[family](names[family], vocab)
   return names
 
 
-@gin.register
+@gin_register
 def vocabulary_task(family: str = gin.REQUIRED,
                     vocabulary=gin.REQUIRED) -> str:
   """Register the `family` task for `vocabulary` and return its name (gin:

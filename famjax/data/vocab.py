@@ -29,6 +29,16 @@ BYTE_VOCAB_SIZE = 259   # seqio.ByteVocabulary: pad 0, eos 1, unk 2, 256 bytes
 TOKENIZER_DIR = ("extra", "tokenizer")
 
 
+def gin_register(fn):
+  """Make `fn` usable as `@name()` in gin files, leaving direct calls alone;
+  a module imported again (importlib.reload) keeps the first registration."""
+  try:
+    gin.register(fn)
+  except ValueError:       # already registered under this name
+    pass
+  return fn
+
+
 @functools.lru_cache(maxsize=None)
 def get_vocabulary(name_or_path: str) -> seqio.Vocabulary:
   """A seqio vocabulary.
@@ -94,7 +104,7 @@ def default_name(path: str) -> str:
   return name.strip("_") or "model"
 
 
-@gin.register
+@gin_register
 def model_vocabulary(model_dir: str = gin.REQUIRED,
                      name: Optional[str] = None) -> seqio.Vocabulary:
   """The vocabulary of a famjax model directory: its own tokenizer

@@ -2,7 +2,7 @@
 
 Evaluates a model directory (a run's checkpoints, a run's export/, or the
 output of `famjax convert`) on a seqio task or mixture and writes, under
-eval.output_dir (default DIR/evals/NAME):
+eval.output_dir (default DIR/evals/NAME, -nN with max_examples=N):
   results.json            {"steps": {step: {task: {metric: value}}}, ...}:
                           steps already there are skipped on a rerun
   json/                   metrics per task (one line per step), examples
@@ -40,8 +40,12 @@ USAGE = """usage: famjax eval --gin_file=gin/runs/eval.gin --gin.MODEL_DIR=DIR
 """
 
 
-def _tag(name: str, split: str, att: Optional[AttentionConfig]) -> str:
+def _tag(name: str, split: str, att: Optional[AttentionConfig],
+         max_examples: Optional[int]) -> str:
+  """The output directory's name: what was evaluated, and how."""
   tag = name if split == "validation" else f"{name}-{split}"
+  if max_examples:
+    tag += f"-n{max_examples}"
   if att is not None:
     tag += f"-{att.mode}"
     if att.mode != "full":
@@ -134,7 +138,7 @@ def evaluate(*, model_dir: str = gin.REQUIRED,
   except ValueError as e:
     raise UserError(str(e)) from e
   out_dir = os.path.abspath(output_dir or os.path.join(
-      source.path, "evals", _tag(ev_task.name, split, attention)))
+      source.path, "evals", _tag(ev_task.name, split, attention, max_examples)))
   evs = evaluator.make_evaluators(
       mixture_or_task_name, split=split, max_examples=max_examples,
       sequence_length=sequence_length, log_dir=out_dir,
@@ -181,7 +185,7 @@ def main(argv=None) -> int:
     print(__doc__.split("\n\n")[0] + "\n\n" + USAGE)
     return 0 if argv else 2
   from famjax.train import gin_flags
-  from famjax.train import loop  # noqa: F401  registers AttentionConfig & co
+  import famjax.config  # noqa: F401  registers AttentionConfig with gin
   debug = os.environ.get("FAMJAX_TRACEBACK") == "1"
   logging.getLogger("absl").setLevel(logging.WARNING)
   gin.clear_config()

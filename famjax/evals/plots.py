@@ -55,8 +55,8 @@ def write_heatmaps(out_dir: str, step: int, metrics, info) -> list:
     depths = sorted({d for d, _ in cells})
     lengths = sorted({l for _, l in cells})
     data = [[cells.get((d, l), float("nan")) for l in lengths] for d in depths]
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(lengths),
-                                    1.2 + 0.45 * len(depths)))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 + 0.9 * len(lengths)),
+                                    1.6 + 0.45 * len(depths)))
     im = ax.imshow(data, vmin=0, vmax=100, cmap="RdYlGn", aspect="auto")
     ax.set_xticks(range(len(lengths)), [_length(l) for l in lengths])
     ax.set_yticks(range(len(depths)), [f"{d:.2f}" for d in depths])
