@@ -12,6 +12,8 @@ temporary directory (so a `convert` can feed the `generate` after it), with:
   seconds (`train`: 2 steps of a tiny batch; later flags win). A famjax
   command without an entry FAILS the test: add its line when you document a
   new command.
+* `python -m famjax.MODULE ...` and `python -c ...` run as written; leading
+  `NAME=VALUE` words set environment variables for that command.
 * The setup prefix of a chain (`python3 -m venv ...`, `. .venv/bin/activate`,
   `pip install -e .` / `--upgrade pip`) is dropped: installing is what
   .ci/run does. `pip install NAME==VERSION` becomes a check that exactly that
@@ -48,6 +50,7 @@ PLACEHOLDERS = [
     ("/models/", "{TMP}/models/"),
     ("/runs/", "{TMP}/runs/"),
     ("/tmp/famjax_quickstart", "{TMP}/famjax_quickstart"),
+    ("/tmp/famjax_books", "{TMP}/famjax_books"),
 ]
 
 OVERRIDES = {
@@ -58,8 +61,7 @@ OVERRIDES = {
               "--gin.train.progress_bar=False",
               "--gin.StepConfig.microbatches=1",
               "--gin.make_schedule.warmup_steps=1",
-              "--gin.AttentionConfig.block_size=32",
-              "--gin.AttentionConfig.fam_length=8",
+              "--gin.AttentionConfig.block_size=64",
               "--gin.ModelConfig.d_model=64", "--gin.ModelConfig.ffn_dim=128",
               "--gin.ModelConfig.num_layers=2"],
     "generate": ["--max_new_tokens", "4"],
@@ -143,6 +145,10 @@ def plan(command: str):
       cur.append(t)
   steps = []
   for argv in parts:
+    env = {}
+    while argv and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", argv[0]):
+      name, _, value = argv.pop(0).partition("=")
+      env[name] = value
     text = shlex.join(argv)
     if not argv:
       raise UnknownCommand(f"empty command in {command!r}")
@@ -156,9 +162,11 @@ def plan(command: str):
       if len(argv) < 2 or argv[1] not in OVERRIDES:
         raise UnknownCommand(f"famjax command {argv[1:2]} has no OVERRIDES "
                              f"entry (in {command!r})")
-      steps.append(("run", argv + OVERRIDES[argv[1]]))
-    elif argv[0] in ("python", "python3") and argv[1:2] == ["-c"]:
-      steps.append(("run", [sys.executable] + argv[1:]))
+      steps.append(("run", (argv + OVERRIDES[argv[1]], env)))
+    elif argv[0] in ("python", "python3") and (
+        argv[1:2] == ["-c"] or argv[1:2] == ["-m"] and
+        argv[2:3] and argv[2].startswith("famjax.")):
+      steps.append(("run", ([sys.executable] + argv[1:], env)))
     else:
       raise UnknownCommand(f"{text!r}: add a rule to tests/test_doc_commands.py"
                            " (or an ALLOWLIST entry with a reason)")
@@ -183,16 +191,21 @@ def _pip(argv):
 # -------------------------------------------------------------------- tests
 def test_plan_knows_its_commands():
   assert plan("famjax convert --to hf a --out b") == [
-      ("run", ["famjax", "convert", "--to", "hf", "a", "--out", "b"])]
+      ("run", (["famjax", "convert", "--to", "hf", "a", "--out", "b"], {}))]
+  assert plan("X_DIR=/a python -m famjax.data.x --n 2") == [
+      ("run", ([sys.executable, "-m", "famjax.data.x", "--n", "2"],
+               {"X_DIR": "/a"}))]
   readme_first = ("python3 -m venv .venv && . .venv/bin/activate && pip "
                   "install -q --upgrade pip && pip install -q -e . && famjax "
                   "train --gin_file=x.gin")
   assert plan(readme_first) == [
-      ("run", ["famjax", "train", "--gin_file=x.gin"] + OVERRIDES["train"])]
+      ("run", (["famjax", "train", "--gin_file=x.gin"] + OVERRIDES["train"],
+               {}))]
   assert plan("pip install --no-deps a-b==1.2  # c") == [
       ("installed", ("a-b", "1.2"))]
   for unknown in ("rm -rf /tmp/x", "famjax frobnicate", "pip install foo",
-                  "famjax train a.gin > log", "curl x | sh"):
+                  "famjax train a.gin > log", "curl x | sh",
+                  "python -m http.server", "python script.py"):
     with pytest.raises(UnknownCommand):
       plan(unknown)
 
@@ -224,8 +237,9 @@ def test_doc_commands_run(doc, tmp_path):
       name, version = what
       assert importlib.metadata.version(name) == version, (doc, command)
       continue
-    p = subprocess.run(what, cwd=tmp_path, env=env, capture_output=True,
-                       text=True, timeout=900)
+    argv, extra_env = what
+    p = subprocess.run(argv, cwd=tmp_path, env={**env, **extra_env},
+                       capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, (
-        f"{doc}: `{command}` exited {p.returncode}\nran: {shlex.join(what)}\n"
+        f"{doc}: `{command}` exited {p.returncode}\nran: {shlex.join(argv)}\n"
         f"stderr: {p.stderr[-3000:]}\nstdout: {p.stdout[-1000:]}")

@@ -269,3 +269,22 @@ def test_attention_flags_mean_the_same_everywhere():
                        "--block_size", "8"], None)):
     with pytest.raises(UserError):
       att(argv, base)
+
+
+def test_fam_length_must_match_the_loaded_fam_prompt(tmp_path, capfd):
+  from famjax import params_io
+  cfg = ModelConfig(vocab_size=259, d_model=32, num_layers=1, num_heads=2,
+                    ffn_dim=64, attention=AttentionConfig("fam", 16, 1, 4))
+  src = str(tmp_path / "src")
+  params_io.save_model_dir(src, cfg, params_io.params_dict(
+      Transformer(cfg, rngs=nnx.Rngs(0))))
+  rc = main_in_process(f"--gin_file={REPO}/gin/runs/finetune.gin",
+                       f"--gin_file={REPO}/gin/tasks/passkey_byte.gin",
+                       f"--gin.LOAD_PARAMS_FROM={src}",
+                       f"--gin.MODEL_DIR={tmp_path}/run",
+                       "--gin.AttentionConfig.block_size=16",
+                       "--gin.AttentionConfig.fam_length=8")
+  assert rc == 2
+  assert "fam_prompt of 4 rows but ATTENTION has fam_length=8" in one_error(
+      capfd)
+  assert not (tmp_path / "run").exists()

@@ -78,6 +78,7 @@ def model_config(model_config: Optional[ModelConfig],
                       "config of a model directory.")
     from famjax.params_io import load_config
     model_config = load_config(load_params_from)
+    _check_fam_prompt(model_config.attention, attention, load_params_from)
   elif not isinstance(model_config, ModelConfig):
     raise UserError(f"train.model_config={model_config!r} must be a "
                     "ModelConfig (include a gin/models/*.gin file).")
@@ -88,6 +89,19 @@ def model_config(model_config: Optional[ModelConfig],
         f"binding: {ATTENTION_HINT}.")
   changes["attention"] = attention
   return dataclasses.replace(model_config, **changes).validate()
+
+
+def _check_fam_prompt(saved: AttentionConfig, attention: AttentionConfig,
+                      path: str):
+  """A saved fam_prompt has saved.fam_length rows; the run must use as many."""
+  if (saved.mode == "fam" and attention.mode == "fam" and
+      saved.fam_length != attention.fam_length):
+    raise UserError(
+        f"train.load_params_from={path!r} has a fam_prompt of "
+        f"{saved.fam_length} rows but ATTENTION has fam_length="
+        f"{attention.fam_length}: set AttentionConfig.fam_length="
+        f"{saved.fam_length} (or convert again with --fam_length "
+        f"{attention.fam_length}).")
 
 
 def check_load_params_from(path: Optional[str]):
