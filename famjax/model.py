@@ -30,6 +30,16 @@ from famjax import attention as attn
 from famjax.config import ModelConfig
 from famjax.layers import Dense, Embed, GatedMLP, RMSNorm
 from famjax.layers.rope import apply_rope, inv_frequencies, rope_angles
+from famjax.partitioning import constrain
+
+# Logical axes of activations (sharding rules in famjax/partitioning.py).
+ROWS = ("batch", "length", "act_embed")
+FAM_ROWS = ("batch", "fam", "act_embed")
+Q_ROWS = ("batch", "length", "heads", "kv")
+KV_ROWS = ("batch", "length", "kv_heads", "kv")
+Q_BLOCKS = ("batch", "blocks", "length", "heads", "kv")
+KV_BLOCKS = ("batch", "blocks", "length", "kv_heads", "kv")
+KV_FAM = ("batch", "blocks", "fam", "kv_heads", "kv")
 
 _REMAT = {
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -258,10 +268,13 @@ class Transformer(nnx.Module):
 
     if att.mode == "full":
       def body(layer, loc, x, _):
+        x = constrain(x, ROWS)
         q, k, v = layer.project(x, self._pick(loc, row_angles))
+        q = constrain(q, Q_ROWS)
+        k, v = constrain(k, KV_ROWS), constrain(v, KV_ROWS)
         o = attender(q[:, None], attn.causal_rows(
             k, v, np.arange(t), self._window(loc)))[:, 0]
-        return layer.finish(x, o), None
+        return layer.finish(x, constrain(o, Q_ROWS)), None
       x, _ = self._scan_layers(body, x, None)
       out = self.logits(x)
       return (out, {}) if return_state else out
@@ -283,13 +296,16 @@ class Transformer(nnx.Module):
 
     def body(layer, loc, carry, phi_given):
       x, phi_init = carry
+      x = constrain(x, ROWS)
       window = self._window(loc)
       q, k, v = layer.project(attn.to_blocks(x, n, blk),
                               self._pick(loc, blk_angles))
+      q = constrain(q, Q_BLOCKS)
+      k, v = constrain(k, KV_BLOCKS), constrain(v, KV_BLOCKS)
       fk = fv = phi_last = None
       if att.mode == "fam":
-        phi0 = phi_init if phi_given is None else jnp.where(
-            use_fam_state, phi_given, phi_init)
+        phi0 = constrain(phi_init if phi_given is None else jnp.where(
+            use_fam_state, phi_given, phi_init), FAM_ROWS)
         ang_f = self._pick(loc, fam_angles)
 
         def step(phi, kt, vt, i):
@@ -299,8 +315,10 @@ class Transformer(nnx.Module):
                                window)
 
         phi_last, fk, fv = attn.fam_chain(step, phi0, k, v)
+        fk, fv = constrain(fk, KV_FAM), constrain(fv, KV_FAM)
         phi_init = self._prompt_pass(layer, loc, phi_init, position_offset)
-      o = attender(q, layout.block_rows(k, v, fk, fv, window))
+      o = constrain(attender(q, layout.block_rows(k, v, fk, fv, window)),
+                    Q_BLOCKS)
       o = o.reshape(b, n * blk, *o.shape[3:])[:, :t]
       return (layer.finish(x, o), phi_init), phi_last
 
