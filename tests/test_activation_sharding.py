@@ -2,7 +2,8 @@
 ("data", "fsdp", "tensor") = (2, 2, 2) mesh of 8 host devices (a
 subprocess, see tests/activation_sharding_check.py): batch over data x
 fsdp, heads over tensor, blocks / length / FAM rows / features replicated;
-and the sharded forward equals the single-device one."""
+and the sharded forward equals the single-device one (also with the splash
+kernel, which runs under shard_map)."""
 import json
 import os
 import subprocess
@@ -43,3 +44,4 @@ def test_activation_shardings(tmp_path):
     assert dict(got) == want, (mode, got)
     assert len(got) == len(want), (mode, got)        # one sharding per shape
     assert report[mode]["max_diff"] <= 1e-5, mode
+  assert report["fam_splash_max_diff"] <= 1e-5

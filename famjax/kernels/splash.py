@@ -13,10 +13,13 @@ Ranges that are traced values (a streaming step's positions, the FAM rows
 inside the scan over blocks, local windows chosen per layer under the layer
 scan) are computed by `chunked` instead. Off TPU the kernel runs in Pallas
 interpret mode (slow; for tests).
+
+Under a mesh context (`jax.set_mesh`) the kernel runs inside `shard_map`:
+batch rows split like the "batch" rule, KV heads like "kv_heads"
+(famjax/partitioning.py), each device running the kernel on its own rows
+and heads (the Pallas call itself cannot be partitioned by XLA).
 """
 from __future__ import annotations
-
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -96,7 +99,6 @@ def layout(parts, rg, g, nq, block):
   return arrays, lo, hi, rows_p, cols_p
 
 
-@functools.lru_cache(maxsize=64)
 def _kernel(mask: RangesMask, heads: int, block: int, softcap, interpret):
   bs = sa.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
                      block_q_dkv=block, block_kv_dkv=block,
@@ -130,6 +132,19 @@ def attend(q, parts, *, scale, softcap=None, block: int = BLOCK,
   qs = jnp.pad(qs, [(0, 0), (0, rows_p - g * nq), (0, 0), (0, 0), (0, 0)])
   qs = qs.transpose(0, 2, 3, 1, 4)                      # [b, K, g, R, D]
   k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [b, K, C, D]
-  o = jax.vmap(jax.vmap(kernel))(qs, k, v)               # [b, K, g, R, D]
+  o = _sharded(jax.vmap(jax.vmap(kernel)), b, kh)(qs, k, v)  # [b,K,g,R,D]
   o = o.transpose(0, 3, 1, 2, 4)[:, :g * nq]
   return o.reshape(b, g, nq, h, d)
+
+
+def _sharded(fn, batch: int, kv_heads: int):
+  """fn(qs, k, v) over [batch, kv_heads, ...] arrays, under shard_map when a
+  mesh context is set."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return fn
+  from famjax import partitioning as pt
+  spec = pt.logical_to_spec(("batch", "kv_heads"), shape=(batch, kv_heads),
+                            mesh=dict(mesh.shape))
+  return jax.shard_map(fn, in_specs=(spec, spec, spec), out_specs=spec,
+                       check_vma=False)
