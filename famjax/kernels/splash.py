@@ -11,8 +11,8 @@ Splash masks are static: the key ranges must be known when tracing (the
 block rows and full attention of models without native local layers).
 Ranges that are traced values (a streaming step's positions, the FAM rows
 inside the scan over blocks, local windows chosen per layer under the layer
-scan) are computed by `chunked` instead. Off TPU the kernel runs in Pallas
-interpret mode (slow; for tests).
+scan) are computed by `chunked` instead. Lowered for any platform but TPU
+the kernel runs in Pallas interpret mode (slow; for tests).
 
 Under a mesh context (`jax.set_mesh`) the kernel runs inside `shard_map`:
 batch rows split like the "batch" rule, KV heads like "kv_heads"
@@ -110,18 +110,19 @@ def _kernel(mask: RangesMask, heads: int, block: int, softcap, interpret):
                             interpret=interpret)
 
 
-def attend(q, parts, *, scale, softcap=None, block: int = BLOCK,
-           interpret=None):
+def attend(q, parts, *, scale, softcap=None, block: int = BLOCK):
   b, g, nq, h, d = q.shape
   rg = static_ranges(parts, g, nq)
   if rg is None:
     return chunked.attend(q, parts, scale=scale, softcap=softcap)
   kh = parts[0].k.shape[-2]
   arrays, lo, hi, rows_p, cols_p = layout(parts, rg, g, nq, block)
-  if interpret is None:
-    interpret = jax.default_backend() != "tpu"
-  kernel = _kernel(RangesMask(lo, hi, cols_p), h // kh, block,
-                   softcap or None, interpret)
+  mask = RangesMask(lo, hi, cols_p)
+
+  def run(interpret):
+    kernel = _kernel(mask, h // kh, block, softcap or None, interpret)
+    return _sharded(jax.vmap(jax.vmap(kernel)), b, kh)
+
   flat = lambda x: x.reshape(b, -1, kh, d)
   k = jnp.concatenate([flat(k) for k, _ in arrays], 1)
   v = jnp.concatenate([flat(v) for _, v in arrays], 1)
@@ -132,7 +133,10 @@ def attend(q, parts, *, scale, softcap=None, block: int = BLOCK,
   qs = jnp.pad(qs, [(0, 0), (0, rows_p - g * nq), (0, 0), (0, 0), (0, 0)])
   qs = qs.transpose(0, 2, 3, 1, 4)                      # [b, K, g, R, D]
   k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [b, K, C, D]
-  o = _sharded(jax.vmap(jax.vmap(kernel)), b, kh)(qs, k, v)  # [b,K,g,R,D]
+  # the compiled kernel where the program is lowered for a TPU (also ahead
+  # of time from a CPU host), Pallas interpret mode elsewhere
+  o = jax.lax.platform_dependent(qs, k, v, tpu=run(False),
+                                 default=run(True))      # [b, K, g, R, D]
   o = o.transpose(0, 3, 1, 2, 4)[:, :g * nq]
   return o.reshape(b, g, nq, h, d)
 
