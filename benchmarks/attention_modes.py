@@ -1,14 +1,21 @@
-"""Forward + backward step time of full / bswa / fam attention, one process.
+"""Forward + backward step time and compiled memory of full / bswa / fam
+attention under each attention implementation, one process.
 
-    python -m benchmarks.attention_modes [--lengths 2048,4096,...] [--out F]
+    python -m benchmarks.attention_modes [--lengths 2048,...] [--impls xla,chunked]
+        [--time_lengths 2048,4096] [--out F]
 
 Model: d=256, 4 layers, 4 heads, FFN 1024, byte vocab, B=512, m=1, F=32,
-batch 1, float32. For each T every mode's jitted loss+grad step is compiled and
-warmed up, then the modes are timed round-robin `--repeats` times and each
-keeps its minimum. Targets
-(issue 2): fam/bswa at 8k <= 1.15; fam time(32k)/time(4k) <= 9; fam faster
-than full from 8k on. Full attention is O(T^2); lengths above
---max_full_len are not timed for it (reported as null).
+batch 1, float32. For each T and each (mode, implementation) the jitted
+loss+grad step is compiled and its temporaries read from XLA's memory
+analysis (`compiled.memory_analysis().temp_size_in_bytes`: deterministic,
+whatever the load of the machine). At the lengths in --time_lengths the
+steps are also warmed up and timed round-robin `--repeats` times, each
+keeping its minimum (a burst of load hits all alike). Full attention is
+O(T^2); lengths above --max_full_len are skipped for it (null).
+
+Targets (issue 10): fam/bswa step time at 8k <= 1.06; fam time(32k) /
+time(4k) <= 8.5; temporaries of the fam step at 32k <= 3 GB.
+Writes the JSON and a PNG (time and memory vs length) beside it.
 """
 from __future__ import annotations
 
@@ -22,10 +29,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from famjax import AttentionConfig, ModelConfig, Transformer
+from benchmarks import plotting
+from famjax import ModelConfig, Transformer
 
 
-def make_step(cfg):
+def make_step(cfg, t):
+  """(compiled loss+grad step, params, temp bytes, argument bytes)."""
   model = Transformer(cfg, rngs=nnx.Rngs(0))
   gdef, params = nnx.split(model, nnx.Param)
 
@@ -34,20 +43,18 @@ def make_step(cfg):
     lp = jax.nn.log_softmax(logits[:, :-1])
     return -jnp.mean(jnp.take_along_axis(lp, tokens[:, 1:, None], -1))
 
-  return jax.jit(jax.value_and_grad(loss)), params
+  tok = jax.ShapeDtypeStruct((1, t), jnp.int32)
+  compiled = jax.jit(jax.value_and_grad(loss)).lower(params, tok).compile()
+  mem = compiled.memory_analysis()
+  return compiled, params, int(mem.temp_size_in_bytes), int(
+      mem.argument_size_in_bytes)
 
 
-def time_row(cfgs, t, repeats):
-  """Seconds per step of each config at length t: compile all, then time them
-  round-robin (A B C A B C ...) and keep each one's minimum, so that a burst
-  of load on this shared machine hits all modes alike."""
-  steps = {}
-  tokens = jax.random.randint(jax.random.key(0), (1, t), 0, 256)
-  for name, cfg in cfgs.items():
-    step, params = make_step(cfg)
-    jax.block_until_ready(step(params, tokens))       # compile + warm up
-    steps[name] = (step, params)
-  best = {name: float("inf") for name in cfgs}
+def time_row(steps, tokens, repeats):
+  """Seconds per step of each compiled step, round-robin minimum."""
+  for step, params in steps.values():
+    jax.block_until_ready(step(params, tokens))       # warm up
+  best = {name: float("inf") for name in steps}
   for _ in range(repeats):
     for name, (step, params) in steps.items():
       t0 = time.perf_counter()
@@ -56,55 +63,86 @@ def time_row(cfgs, t, repeats):
   return best
 
 
+def ratio(a, b):
+  return None if a is None or b is None else a / b
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--lengths", default="2048,4096,8192,16384,32768")
+  ap.add_argument("--time_lengths", default="2048,4096,8192,16384,32768",
+                  help="lengths that are also timed (others: memory only)")
   ap.add_argument("--modes", default="full,bswa,fam")
-  ap.add_argument("--max_full_len", type=int, default=16384)
+  ap.add_argument("--impls", default="xla,chunked")
+  ap.add_argument("--max_full_len", type=int, default=8192)
+  ap.add_argument("--max_xla_time_len", type=int, default=8192,
+                  help="longer xla steps are compiled (memory) but not run: "
+                       "their score tensors need many GB")
   ap.add_argument("--repeats", type=int, default=3)
   ap.add_argument("--remat", default="none")
   ap.add_argument("--out", default="benchmarks/results/attention_modes.json")
   args = ap.parse_args(argv)
   lengths = [int(x) for x in args.lengths.split(",")]
-  modes = args.modes.split(",")
+  timed = {int(x) for x in args.time_lengths.split(",") if x}
+  modes, impls = args.modes.split(","), args.impls.split(",")
   base = ModelConfig(vocab_size=256, d_model=256, num_layers=4, num_heads=4,
                      ffn_dim=1024, remat_policy=args.remat)
-  results = {m: {} for m in modes}
-  print(f"{'T':>6} " + " ".join(f"{m + ' (s)':>10}" for m in modes), flush=True)
+  names = [f"{m}/{i}" for m in modes for i in impls]
+  seconds = {n: {} for n in names}
+  temp = {n: {} for n in names}
+  print(f"load average at start: {os.getloadavg()}", flush=True)
   for t in lengths:
-    cfgs = {mode: base.with_attention(mode=mode, block_size=512,
-                                      memory_segments=1, fam_length=32)
-            for mode in modes if not (mode == "full" and t > args.max_full_len)}
-    best = time_row(cfgs, t, args.repeats)
+    steps = {}
     for mode in modes:
-      results[mode][t] = best.get(mode)
-    print(f"{t:>6} " + " ".join(
-        f"{'-':>10}" if best.get(m) is None else f"{best[m]:10.3f}"
-        for m in modes), flush=True)
-
-  def ratio(a, b):
-    return None if a is None or b is None else a / b
+      if mode == "full" and t > args.max_full_len:
+        continue
+      for impl in impls:
+        cfg = base.with_attention(mode=mode, block_size=512, memory_segments=1,
+                                  fam_length=32, attention_impl=impl)
+        step, params, tb, _ = make_step(cfg, t)
+        temp[f"{mode}/{impl}"][t] = tb
+        steps[f"{mode}/{impl}"] = (step, params)
+        print(f"T={t:>6} {mode}/{impl:<8} temporaries {tb / 2**30:7.3f} GiB",
+              flush=True)
+    if t in timed:
+      tokens = jax.random.randint(jax.random.key(0), (1, t), 0, 256)
+      run = {n: s for n, s in steps.items()
+             if not (n.endswith("/xla") and t > args.max_xla_time_len)}
+      for name, s in time_row(run, tokens, args.repeats).items():
+        seconds[name][t] = s
+        print(f"T={t:>6} {name:<14} {s:8.3f} s/step", flush=True)
+    del steps
 
   summary = {}
-  if "fam" in results and "bswa" in results:
-    summary["fam_over_bswa"] = {t: ratio(results["fam"].get(t),
-                                         results["bswa"].get(t)) for t in lengths}
-  if "fam" in results and 4096 in lengths and 32768 in lengths:
-    summary["fam_32k_over_4k"] = ratio(results["fam"][32768], results["fam"][4096])
-  if "fam" in results and "full" in results:
-    summary["fam_over_full"] = {t: ratio(results["fam"].get(t),
-                                         results["full"].get(t)) for t in lengths}
+  for impl in impls:
+    fam, bswa = seconds.get(f"fam/{impl}", {}), seconds.get(f"bswa/{impl}", {})
+    summary[impl] = {
+        "fam_over_bswa": {t: ratio(fam.get(t), bswa.get(t)) for t in lengths},
+        "fam_32k_over_4k": ratio(fam.get(32768), fam.get(4096)),
+        "fam_temp_gib_32k": (temp.get(f"fam/{impl}", {}).get(32768) or 0) / 2**30
+                            or None,
+    }
   print(json.dumps(summary, indent=1))
   os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
   with open(args.out, "w") as fh:
     json.dump({"config": {"d_model": 256, "layers": 4, "heads": 4, "ffn": 1024,
                           "block_size": 512, "memory_segments": 1,
                           "fam_length": 32, "batch": 1, "dtype": "float32",
-                          "remat": args.remat},
+                          "remat": args.remat, "repeats": args.repeats},
                "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                           "jax": jax.__version__},
-               "seconds": results, "summary": summary}, fh, indent=1)
+                           "jax": jax.__version__,
+                           "load_average_end": os.getloadavg()},
+               "seconds": seconds, "temp_bytes": temp, "summary": summary},
+              fh, indent=1)
+  png = os.path.splitext(args.out)[0] + ".png"
+  plotting.line_panels(png, [
+      ("forward+backward step (s)", seconds, True),
+      ("compiled temporaries (GiB)",
+       {n: {t: b / 2**30 for t, b in d.items()} for n, d in temp.items()}, True)],
+      title="famjax attention modes / implementations (d=256, L=4, B=512, "
+            "m=1, F=32, f32, CPU)")
+  print(f"wrote {args.out} and {png}")
   return 0
 
 

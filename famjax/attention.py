@@ -1,89 +1,77 @@
-"""The three attention modes of ../shared/SPEC.md as pure `jax.numpy` math.
+"""The attention rules of the three modes (docs/fam.md) as key ranges.
 
-* `attend`            softmax attention of queries over an explicit key set.
-* `full_attention`    causal attention over the whole sequence (query-chunked
-                      so that long sequences fit in memory).
-* `block_attention`   BSWA / FAM: every block of queries at once, each over
-                      [memory blocks t-m..t-1 ; FAM keys of its pass ; own block].
-* `fam_chain`         the FAM recurrence: a `lax.scan` over blocks that carries
-                      only the F FAM rows of one layer.
-* `stream_attention`  one chunk of new tokens against a decoding state.
+Every attention call of the model goes through one interface,
+`famjax.kernels.attend(q, parts)`: queries grouped as [b, G, Q, H, D] and a
+few `KeyPart`s, each a key set with an inclusive key range per query. This
+file turns the rules of each mode into those parts, in one place for the
+whole-sequence forward, the streaming step and the initial FAM:
 
-The layer-specific parts (projections, norms, FFN) come in as callables, so
-this file holds the attention rules alone and reads like SPEC.
+* `Attender`           the chosen implementation (`attention_impl`), scale
+                       and soft-cap; `attender(q, parts)` runs it.
+* `BlockLayout`        positions of block rows and FAM rows (block t's FAM
+                       rows sit at the last F positions of block t) and the
+                       key ranges of
+  - `block_rows`       every block of queries at once over [memory blocks
+                       t-m..t-1 (the block keys shifted by 1..m groups) ;
+                       FAM keys of its pass ; own block, causal];
+  - `fam_rows`         the F FAM queries of one pass over [FAM keys ;
+                       unpadded keys of the block];
+  - `stream_rows`      new tokens against a decoding state [ring of m
+                       blocks ; FAM keys ; current block so far].
+* `causal_rows`        full causal attention (also the full KV cache).
+* `fam_pass`, `fam_chain`  one FAM update and its `lax.scan` over blocks.
+
+A native local window (Gemma 3) narrows each range from below; it applies
+to block keys only, never to FAM keys.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-NEG_INF = -0.7 * float(np.finfo(np.float32).max)
+from famjax import kernels
+from famjax.kernels import KeyPart
+
 NO_WINDOW = 2 ** 30   # "window" of a global layer
 
 
-def attend(q, k, v, mask, *, scale: float, softcap: Optional[float] = None):
-  """Grouped-query attention.
+@dataclasses.dataclass(frozen=True)
+class Attender:
+  """Runs `famjax.kernels.attend` with one implementation and its options."""
+  impl: str = "auto"
+  scale: float = 1.0
+  softcap: Optional[float] = None
+  chunk: int = 128
 
-  q: [..., Q, H, D]; k, v: [..., S, K, D] with H % K == 0;
-  mask: bool, broadcastable to [..., Q, S] (True = visible).
-  Returns [..., Q, H, D] in q's dtype; scores and softmax in float32.
-  """
-  *lead, nq, h, d = q.shape
-  kh = k.shape[-2]
-  qg = (q * jnp.asarray(scale, q.dtype)).reshape(*lead, nq, kh, h // kh, d)
-  s = jnp.einsum("...qkgd,...skd->...kgqs", qg, k,
-                 preferred_element_type=jnp.float32)
-  if softcap:
-    s = jnp.tanh(s / softcap) * softcap
-  s = jnp.where(mask[..., None, None, :, :], s, NEG_INF)
-  p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
-  o = jnp.einsum("...kgqs,...skd->...qkgd", p, v)
-  return o.reshape(*lead, nq, h, d)
+  def __call__(self, q, parts):
+    return kernels.attend(q, parts, impl=self.impl, scale=self.scale,
+                          softcap=self.softcap, chunk=self.chunk)
 
 
-def in_window(q_pos, k_pos, window):
-  """Native local window (Gemma 3): q_pos - k_pos < window."""
+def first_visible(rel, window):
+  """Lowest visible key index of a key set starting `rel` positions before
+  the query (native window: query - key < window)."""
   if window is None:
-    return True
-  return (q_pos - k_pos) < window
+    return 0
+  return jnp.maximum(0, rel - window + 1)
 
 
-# ----------------------------------------------------------------------- full
-def full_attention(q, k, v, *, scale, softcap=None, window=None,
-                   chunk: int = 1024):
-  """Causal attention over whole sequences. q [b, T, H, D]; k, v [b, T, K, D].
-
-  Sequences longer than `chunk` are processed a chunk of queries at a time
-  (each chunk rematerialised in the backward pass) so memory is O(chunk * T).
-  """
-  t = q.shape[1]
-  pos = jnp.arange(t)
-  if t <= chunk:
-    mask = (pos[None, :] <= pos[:, None]) & in_window(pos[:, None], pos[None, :],
-                                                        window)
-    return attend(q, k, v, mask, scale=scale, softcap=softcap)
-  nc = -(-t // chunk)
-  pad = nc * chunk - t
-  qc = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
-  qc = qc.reshape(q.shape[0], nc, chunk, *q.shape[2:]).swapaxes(0, 1)
-
-  @jax.checkpoint
-  def one(args):
-    qi, i = args
-    qpos = i * chunk + jnp.arange(chunk)
-    mask = (pos[None, :] <= qpos[:, None]) & in_window(qpos[:, None],
-                                                       pos[None, :], window)
-    return attend(qi, k, v, mask, scale=scale, softcap=softcap)
-
-  out = jax.lax.map(one, (qc, jnp.arange(nc)))
-  out = out.swapaxes(0, 1).reshape(q.shape[0], nc * chunk, *q.shape[2:])
-  return out[:, :t]
+def causal_rows(k, v, q_pos, window=None):
+  """Keys k, v [b, S, K, D] at positions 0..S-1 seen causally by queries at
+  q_pos [Q] (one group)."""
+  return [KeyPart(k[:, None], v[:, None], first_visible(q_pos, window), q_pos)]
 
 
-# ---------------------------------------------------------------- bswa / fam
+def all_rows(k, v):
+  """Keys k, v [b, S, K, D] seen by every query (one group)."""
+  return [KeyPart(k[:, None], v[:, None], 0, k.shape[1] - 1)]
+
+
+# ---------------------------------------------------------------- blocks
 def block_layout(t: int, block: int):
   """Static layout of a T-token sequence in blocks of B: (n, pos [n, B], valid [n, B])."""
   n = -(-t // block)
@@ -99,70 +87,82 @@ def to_blocks(x, n, block):
   return x.reshape(x.shape[0], n, block, *x.shape[2:])
 
 
-def _memory(x, m):
-  """x [b, n, B, ...] -> [b, n, m*B, ...]: blocks t-m .. t-1 (zeros before 0)."""
-  b, n, blk = x.shape[:3]
-  xp = jnp.pad(x, [(0, 0), (m, 0)] + [(0, 0)] * (x.ndim - 2))
-  parts = [xp[:, m - i:m - i + n] for i in range(m, 0, -1)]
-  return jnp.concatenate(parts, axis=2)
+@dataclasses.dataclass(frozen=True)
+class BlockLayout:
+  """Block size B, memory segments m and FAM length F (0: bswa)."""
+  block: int
+  memory: int
+  fam: int
+
+  def fam_positions(self, t):
+    """Positions of the FAM rows of block t's pass: the last F of block t.
+    t: an int, an int array [n] ([n, F] out) or a traced scalar."""
+    b, f = self.block, self.fam
+    if isinstance(t, np.ndarray):
+      return t[:, None] * b + (b - f) + np.arange(f)
+    return t * b + (b - f) + jnp.arange(f)
+
+  def block_rows(self, k, v, fam_k=None, fam_v=None, window=None):
+    """Parts for the block rows of all blocks, k, v [b, n, B, K, D].
+
+    Query j of block t sees every key of blocks t-m..t-1 (the block keys
+    shifted by s = m..1 groups; blocks before 0 do not exist), all F FAM
+    keys of its pass (fam_k [b, n, F, K, D]) and own-block keys <= j.
+    Padded keys sit only after the last real token, so causality hides them.
+    """
+    n, blk = k.shape[1], k.shape[2]
+    j = np.arange(blk)[None, :]
+    parts = [KeyPart(k, v, first_visible(j + s * blk, window), blk - 1, s)
+             for s in range(min(self.memory, n - 1), 0, -1)]
+    if fam_k is not None:
+      parts.append(KeyPart(fam_k, fam_v, 0, fam_k.shape[2] - 1))
+    parts.append(KeyPart(k, v, first_visible(j, window), j))
+    return parts
+
+  def fam_rows(self, fam_k, fam_v, blk_k, blk_v, valid, window=None):
+    """Parts for the F FAM queries of one pass: all FAM keys fam_k
+    [b, F, K, D] and the first `valid` keys of the block blk_k [b, B, K, D]
+    (within the native window)."""
+    i = np.arange(self.fam)[None, :]
+    rel = self.block - self.fam + i
+    return [KeyPart(fam_k[:, None], fam_v[:, None], 0, self.fam - 1),
+            KeyPart(blk_k[:, None], blk_v[:, None], first_visible(rel, window),
+                    jnp.asarray(valid) - 1)]
+
+  def stream_rows(self, q_pos, t, ring, fam_kv, blk_kv, window=None):
+    """Parts for new queries at q_pos [Q] of block t against a decoding
+    state: ring (k, v) [b, m*B, K, D] holding blocks t-m..t-1 (slots of
+    blocks before 0 are empty), fam_kv (k, v) [b, F, K, D] or None, and
+    the current block's keys blk_kv [b, B, K, D] (filled up to q_pos)."""
+    blk, m = self.block, self.memory
+    parts = []
+    if m:
+      base = (t - m) * blk
+      lo = jnp.maximum((m - t) * blk, first_visible(q_pos - base, window))
+      parts.append(KeyPart(ring[0][:, None], ring[1][:, None], lo,
+                           m * blk - 1))
+    if fam_kv is not None:
+      parts += all_rows(*fam_kv)
+    rel = q_pos - t * blk
+    parts.append(KeyPart(blk_kv[0][:, None], blk_kv[1][:, None],
+                         first_visible(rel, window), rel))
+    return parts
 
 
-def block_attention(q, k, v, *, memory_segments: int, fam_k=None, fam_v=None,
-                    scale, softcap=None, window=None):
-  """BSWA (and the block rows of FAM), all blocks at once.
-
-  q [b, n, B, H, D]; k, v [b, n, B, K, D]; fam_k, fam_v [b, n, F, K, D]: the
-  FAM keys of each block's pass. A query at row j of block t sees every key
-  of blocks t-m..t-1, all F FAM keys and own-block keys <= j (SPEC `bswa`,
-  `fam`); a native window, if any, applies to block keys only. Padded keys
-  sit only after the last real token, so causality hides them.
-  """
-  n, blk = q.shape[1], q.shape[2]
-  pos = np.arange(n * blk).reshape(n, blk)
-  keys, vals, masks = [], [], []
-  m = min(memory_segments, n - 1)
-  if m > 0:
-    keys.append(_memory(k, m))
-    vals.append(_memory(v, m))
-    mem_pos = np.concatenate(
-        [np.concatenate([np.full((m, blk), -1), pos])[m - i:m - i + n]
-         for i in range(m, 0, -1)], axis=1)                    # [n, m*B]
-    mask = jnp.asarray((mem_pos >= 0)[:, None, :])
-    masks.append(mask & in_window(pos[:, :, None], mem_pos[:, None, :], window))
-  if fam_k is not None:
-    keys.append(fam_k)
-    vals.append(fam_v)
-    masks.append(jnp.ones((n, blk, fam_k.shape[2]), bool))
-  causal = np.tril(np.ones((blk, blk), bool))[None]
-  masks.append(jnp.asarray(causal) & in_window(pos[:, :, None], pos[:, None, :],
-                                                window))
-  keys.append(k)
-  vals.append(v)
-  mask = jnp.broadcast_to(jnp.concatenate(
-      [jnp.broadcast_to(mk, (n, blk, mk.shape[-1])) for mk in masks], -1),
-                          (1, n, blk, sum(mk.shape[-1] for mk in masks)))
-  return attend(q, jnp.concatenate(keys, 2), jnp.concatenate(vals, 2), mask,
-                scale=scale, softcap=softcap)
-
-
-def fam_pass(project: Callable, finish: Callable, phi, blk_k, blk_v, blk_mask,
-             first, *, scale, softcap=None):
-  """One layer's pass over the F FAM rows of one block (SPEC `fam`).
+# ------------------------------------------------------------- FAM chain
+def fam_pass(attender: Attender, layout: BlockLayout, project: Callable,
+             finish: Callable, phi, blk_k, blk_v, valid, first, window=None):
+  """One layer's pass over the F FAM rows of one block (docs/fam.md).
 
   project(phi) -> (q, k, v) of the FAM rows at their positions;
   finish(phi, attn_out, residual) -> the rows after residual, norm and FFN.
-  A FAM query sees all F FAM keys of this pass and the block keys where
-  `blk_mask` [..., F, B] is True (all unpadded keys of the block, within a
-  native window). In the pass over block 0 the attention residual is zero.
-  Returns (new phi, FAM keys, FAM values) of this pass.
+  A FAM query sees all F FAM keys of this pass and the first `valid` keys
+  of the block (within a native window). In the pass over block 0 the
+  attention residual is zero. Returns (new phi, FAM keys, FAM values).
   """
   qf, kf, vf = project(phi)
-  f = phi.shape[-2]
-  mask = jnp.concatenate(
-      [jnp.ones(blk_mask.shape[:-1] + (f,), bool), blk_mask], axis=-1)
-  o = attend(qf, jnp.concatenate([kf, blk_k], -3),
-             jnp.concatenate([vf, blk_v], -3), mask, scale=scale,
-             softcap=softcap)
+  o = attender(qf[:, None], layout.fam_rows(kf, vf, blk_k, blk_v, valid,
+                                            window))[:, 0]
   residual = jnp.where(first, 0.0, 1.0).astype(phi.dtype)
   return finish(phi, o, residual), kf, vf
 
@@ -185,26 +185,3 @@ def fam_chain(step: Callable, phi0, k, v, unroll: int = 1):
       body, phi0, (k.swapaxes(0, 1), v.swapaxes(0, 1), jnp.arange(n)),
       unroll=unroll)
   return phi, fk.swapaxes(0, 1), fv.swapaxes(0, 1)
-
-
-# ------------------------------------------------------------------ streaming
-def stream_attention(q, q_pos, parts, *, scale, softcap=None, window=None):
-  """New queries q [b, c, H, D] at positions q_pos [c] against a decoding state.
-
-  parts: list of (k, v, k_pos) with k, v [b, S, K, D]; k_pos [S] gives the
-  keys' positions (-1 marks an empty slot) and makes them visible when
-  0 <= k_pos <= q_pos and inside the native window; k_pos None makes them
-  always visible (the FAM keys of the current block's pass).
-  """
-  keys, vals, masks = [], [], []
-  for k, v, k_pos in parts:
-    keys.append(k)
-    vals.append(v)
-    if k_pos is None:
-      masks.append(jnp.ones((q_pos.shape[0], k.shape[1]), bool))
-    else:
-      mk = (k_pos[None, :] >= 0) & (k_pos[None, :] <= q_pos[:, None])
-      masks.append(mk & in_window(q_pos[:, None], k_pos[None, :], window))
-  mask = jnp.concatenate(masks, -1)[None]
-  return attend(q, jnp.concatenate(keys, 1), jnp.concatenate(vals, 1), mask,
-                scale=scale, softcap=softcap)

@@ -16,6 +16,7 @@ import gin
 from famjax.errors import UserError
 
 ATTENTION_MODES = ("full", "bswa", "fam")
+ATTENTION_IMPLS = ("auto", "xla", "chunked", "splash", "cudnn")
 ACTIVATIONS = ("silu", "gelu_tanh", "gelu")
 LAYER_TYPES = ("global", "local")
 ROPE_SCALINGS = (None, "linear", "llama3")
@@ -27,24 +28,42 @@ LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class AttentionConfig:
-  """How tokens see each other (docs/fam.md).
+  """How tokens see each other (docs/fam.md), and how it is computed.
 
   mode: "full" (causal), "bswa" (block sliding window) or "fam" (BSWA plus
     feedback attention memory).
   block_size: B, tokens per block (bswa, fam).
   memory_segments: m, previous whole blocks a block token sees (bswa, fam).
   fam_length: F, FAM rows per layer, 1 <= F <= B (fam).
+  attention_impl: how attention is computed, the same math every way
+    (famjax/kernels): "xla" (explicit mask, whole score matrix), "chunked"
+    (online softmax over key chunks, never stores scores), "splash" (Pallas
+    TPU kernel), "cudnn" (jax.nn.dot_product_attention) or "auto" (chunked
+    on CPU, splash on TPU, cudnn on GPU).
+  attention_chunk: query and key chunk of "chunked": its loops visit one
+    [chunk x chunk] tile of scores per block and head at a time.
   """
   mode: str = "full"
   block_size: int = 512
   memory_segments: int = 1
   fam_length: int = 32
+  attention_impl: str = "auto"
+  attention_chunk: int = 128
 
   def validate(self) -> "AttentionConfig":
     if self.mode not in ATTENTION_MODES:
       raise UserError(
           f"AttentionConfig.mode={self.mode!r} is unknown; choose one of "
           f"{ATTENTION_MODES}.")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise UserError(
+          f"AttentionConfig.attention_impl={self.attention_impl!r} is unknown; "
+          f"choose one of {ATTENTION_IMPLS}.")
+    if (not isinstance(self.attention_chunk, int) or
+        isinstance(self.attention_chunk, bool) or self.attention_chunk <= 0):
+      raise UserError(
+          f"AttentionConfig.attention_chunk={self.attention_chunk!r} must be a "
+          "positive integer.")
     if self.mode == "full":
       return self
     if not isinstance(self.block_size, int) or self.block_size <= 0:

@@ -1,6 +1,9 @@
 """The famjax Transformer: embed -> layers -> norm -> logits.
 
-One model, three attention modes (SPEC): `full`, `bswa`, `fam`.
+One model, three attention modes (docs/fam.md): `full`, `bswa`, `fam`.
+Positions and key ranges come from one `attention.BlockLayout`; every
+attention runs through the implementation `attention_impl` chooses
+(famjax/kernels).
 
 * `Transformer.__call__`  whole-sequence forward. Layer-outer: each layer
   projects every block at once, runs the FAM chain (`attention.fam_chain`,
@@ -28,6 +31,16 @@ from famjax.config import ModelConfig
 from famjax.layers import Dense, Embed, GatedMLP, RMSNorm
 from famjax.layers.rope import apply_rope, inv_frequencies, rope_angles
 from famjax.token_ids import check_token_ids
+from famjax.partitioning import constrain
+
+# Logical axes of activations (sharding rules in famjax/partitioning.py).
+ROWS = ("batch", "length", "act_embed")
+FAM_ROWS = ("batch", "fam", "act_embed")
+Q_ROWS = ("batch", "length", "heads", "kv")
+KV_ROWS = ("batch", "length", "kv_heads", "kv")
+Q_BLOCKS = ("batch", "blocks", "length", "heads", "kv")
+KV_BLOCKS = ("batch", "blocks", "length", "kv_heads", "kv")
+KV_FAM = ("batch", "blocks", "fam", "kv_heads", "kv")
 
 _REMAT = {
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -135,6 +148,17 @@ class Transformer(nnx.Module):
     c = self.cfg
     return c.query_scale if c.query_scale is not None else c.hd ** -0.5
 
+  @property
+  def attender(self) -> attn.Attender:
+    att = self.cfg.attention
+    return attn.Attender(att.attention_impl, float(self.scale),
+                         self.cfg.attn_logit_softcap, att.attention_chunk)
+
+  @property
+  def layout(self) -> attn.BlockLayout:
+    att = self.cfg.attention
+    return attn.BlockLayout(att.block_size, att.memory_segments, att.fam)
+
   def _inv_freq(self, local: bool):
     c = self.cfg
     if local and c.rope_local_theta is not None:
@@ -207,9 +231,11 @@ class Transformer(nnx.Module):
     f = phi.shape[-2]
     ang = self._pick(loc, self._angles(jnp.arange(-f, 0), offset))
     q, k, v = layer.project(phi, ang)
-    o = attn.attend(q, k, v, jnp.ones((f, f), bool), scale=self.scale,
-                    softcap=self.cfg.attn_logit_softcap)
-    return layer.finish(phi, o)
+    lead = phi.shape[:-2]
+    if not lead:                                 # unbatched: [F, d]
+      q, k, v = q[None], k[None], v[None]
+    o = self.attender(q[:, None], attn.all_rows(k, v))[:, 0]
+    return layer.finish(phi, o if lead else o[0])
 
   def initial_fam(self, batch: Optional[int] = None):
     """Phi[l]_{-1} for every layer: [L, F, d] (or [L, batch, F, d])."""
@@ -239,15 +265,18 @@ class Transformer(nnx.Module):
     cfg, att = self.cfg, self.cfg.attention
     b, t = tokens.shape
     x = self._embed(tokens)
-    scale, cap = self.scale, cfg.attn_logit_softcap
+    attender, layout = self.attender, self.layout
     row_angles = self._angles(jnp.arange(t), position_offset)
 
     if att.mode == "full":
       def body(layer, loc, x, _):
+        x = constrain(x, ROWS)
         q, k, v = layer.project(x, self._pick(loc, row_angles))
-        o = attn.full_attention(q, k, v, scale=scale, softcap=cap,
-                                window=self._window(loc))
-        return layer.finish(x, o), None
+        q = constrain(q, Q_ROWS)
+        k, v = constrain(k, KV_ROWS), constrain(v, KV_ROWS)
+        o = attender(q[:, None], attn.causal_rows(
+            k, v, np.arange(t), self._window(loc)))[:, 0]
+        return layer.finish(x, constrain(o, Q_ROWS)), None
       x, _ = self._scan_layers(body, x, None)
       out = self.logits(x)
       return (out, {}) if return_state else out
@@ -257,8 +286,9 @@ class Transformer(nnx.Module):
     blk_angles = tuple(None if a is None else attn.to_blocks(a[None], n, blk)[0]
                        for a in self._angles(jnp.arange(n * blk), position_offset))
     if att.mode == "fam":
-      fam_pos = pos[:, blk - f:]                                 # [n, F]
+      fam_pos = layout.fam_positions(np.arange(n))               # [n, F]
       fam_angles = self._angles(jnp.asarray(fam_pos), position_offset)
+      n_valid = jnp.asarray(valid.sum(1))                        # [n]
       phi_init = jnp.broadcast_to(self.fam_prompt[...].astype(self.dtype),
                                   (b, f, cfg.d_model))
       if fam_state is not None:
@@ -268,27 +298,29 @@ class Transformer(nnx.Module):
 
     def body(layer, loc, carry, phi_given):
       x, phi_init = carry
+      x = constrain(x, ROWS)
       window = self._window(loc)
       q, k, v = layer.project(attn.to_blocks(x, n, blk),
                               self._pick(loc, blk_angles))
+      q = constrain(q, Q_BLOCKS)
+      k, v = constrain(k, KV_BLOCKS), constrain(v, KV_BLOCKS)
       fk = fv = phi_last = None
       if att.mode == "fam":
-        phi0 = phi_init if phi_given is None else jnp.where(
-            use_fam_state, phi_given, phi_init)
+        phi0 = constrain(phi_init if phi_given is None else jnp.where(
+            use_fam_state, phi_given, phi_init), FAM_ROWS)
         ang_f = self._pick(loc, fam_angles)
-        see = jnp.asarray(valid)[:, None, :] & attn.in_window(
-            fam_pos[:, :, None], pos[:, None, :], window)      # [n, F, B]
 
         def step(phi, kt, vt, i):
-          return attn.fam_pass(lambda p: layer.project(p, ang_f[i]),
-                               layer.finish, phi, kt, vt, see[i], i == 0,
-                               scale=scale, softcap=cap)
+          return attn.fam_pass(attender, layout,
+                               lambda p: layer.project(p, ang_f[i]),
+                               layer.finish, phi, kt, vt, n_valid[i], i == 0,
+                               window)
 
         phi_last, fk, fv = attn.fam_chain(step, phi0, k, v)
+        fk, fv = constrain(fk, KV_FAM), constrain(fv, KV_FAM)
         phi_init = self._prompt_pass(layer, loc, phi_init, position_offset)
-      o = attn.block_attention(q, k, v, memory_segments=att.memory_segments,
-                               fam_k=fk, fam_v=fv, scale=scale, softcap=cap,
-                               window=window)
+      o = constrain(attender(q, layout.block_rows(k, v, fk, fv, window)),
+                    Q_BLOCKS)
       o = o.reshape(b, n * blk, *o.shape[3:])[:, :t]
       return (layer.finish(x, o), phi_init), phi_last
 
@@ -309,6 +341,7 @@ class Transformer(nnx.Module):
     full: a KV cache of `max_len` positions. bswa / fam: per layer a ring
     buffer of m blocks, the current block's keys, and (fam) the FAM state
     and the FAM keys of the current block's pass: O(L (m B + B + F) d).
+    Which ring slots and block keys are visible follows from `pos` alone.
     """
     cfg, att = self.cfg, self.cfg.attention
     L, kh, hd, dt = cfg.num_layers, cfg.n_kv, cfg.hd, self.dtype
@@ -322,14 +355,14 @@ class Transformer(nnx.Module):
       return state
     blk, m, f = att.block_size, att.memory_segments, att.fam
     z = jnp.zeros((L, batch, m * blk, kh, hd), dt)
-    state.update(ring_k=z, ring_v=z, ring_pos=jnp.full((m * blk,), -1, jnp.int32))
+    state.update(ring_k=z, ring_v=z)
     z = jnp.zeros((L, batch, blk, kh, hd), dt)
     state.update(blk_k=z, blk_v=z)
     if att.mode == "fam":
       if fam_state is None:
         fam_state = self.initial_fam(batch)
       fam_state = fam_state.astype(dt)
-      ang = self._angles(jnp.arange(blk - f, blk), None)
+      ang = self._angles(self.layout.fam_positions(0), None)
 
       def body(layer, loc, _, phi):
         _, k, v = layer.project(phi, self._pick(loc, ang))
@@ -347,24 +380,23 @@ class Transformer(nnx.Module):
     """
     check_token_ids(tokens, self.cfg.vocab_size)
     cfg, att = self.cfg, self.cfg.attention
+    att = self.cfg.attention
     c = tokens.shape[1]
     pos0 = state["pos"]
     q_pos = pos0 + jnp.arange(c)
     x = self._embed(tokens)
-    scale, cap = self.scale, cfg.attn_logit_softcap
+    attender, layout = self.attender, self.layout
     ang = self._angles(q_pos, None)
     new = dict(state, pos=pos0 + c)
 
     if att.mode == "full":
-      k_pos = jnp.arange(state["cache_k"].shape[2])
-
       def body(layer, loc, x, kv):
         ck, cv = kv
         q, k, v = layer.project(x, self._pick(loc, ang))
         ck = jax.lax.dynamic_update_slice_in_dim(ck, k, pos0, axis=1)
         cv = jax.lax.dynamic_update_slice_in_dim(cv, v, pos0, axis=1)
-        o = attn.stream_attention(q, q_pos, [(ck, cv, k_pos)], scale=scale,
-                                  softcap=cap, window=self._window(loc))
+        o = attender(q[:, None], attn.causal_rows(ck, cv, q_pos,
+                                                  self._window(loc)))[:, 0]
         return layer.finish(x, o), (ck, cv)
 
       x, (new["cache_k"], new["cache_v"]) = self._scan_layers(
@@ -374,14 +406,12 @@ class Transformer(nnx.Module):
     blk, m, f = att.block_size, att.memory_segments, att.fam
     t = pos0 // blk
     j0 = pos0 % blk
-    blk_pos = t * blk + jnp.arange(blk)
     complete = j0 + c == blk
-    ring_pos = state["ring_pos"]
     names = ["ring_k", "ring_v", "blk_k", "blk_v"] + (
         ["phi", "fam_k", "fam_v"] if f else [])
     if f:
-      ang_now = self._angles(t * blk + jnp.arange(blk - f, blk), None)
-      ang_next = self._angles((t + 1) * blk + jnp.arange(blk - f, blk), None)
+      ang_now = self._angles(layout.fam_positions(t), None)
+      ang_next = self._angles(layout.fam_positions(t + 1), None)
 
     def body(layer, loc, x, ls):
       ls = dict(zip(names, ls))
@@ -389,12 +419,9 @@ class Transformer(nnx.Module):
       q, k, v = layer.project(x, self._pick(loc, ang))
       bk = jax.lax.dynamic_update_slice_in_dim(ls["blk_k"], k, j0, axis=1)
       bv = jax.lax.dynamic_update_slice_in_dim(ls["blk_v"], v, j0, axis=1)
-      parts = [(ls["ring_k"], ls["ring_v"], ring_pos)]
-      if f:
-        parts.append((ls["fam_k"], ls["fam_v"], None))
-      parts.append((bk, bv, blk_pos))
-      o = attn.stream_attention(q, q_pos, parts, scale=scale, softcap=cap,
-                                window=window)
+      o = attender(q[:, None], layout.stream_rows(
+          q_pos, t, (ls["ring_k"], ls["ring_v"]),
+          (ls["fam_k"], ls["fam_v"]) if f else None, (bk, bv), window))[:, 0]
       x = layer.finish(x, o)
       out = dict(ls, blk_k=bk, blk_v=bv)
       if m:
@@ -404,12 +431,10 @@ class Transformer(nnx.Module):
             complete, jnp.concatenate([ls["ring_v"][:, blk:], bv], 1), ls["ring_v"])
       if f:
         def update(_):
-          see = attn.in_window(blk_pos[blk - f:][:, None], blk_pos[None, :],
-                               window) & jnp.ones((f, blk), bool)
           phi, _, _ = attn.fam_pass(
+              attender, layout,
               lambda p: layer.project(p, self._pick(loc, ang_now)),
-              layer.finish, ls["phi"], bk, bv, see, t == 0, scale=scale,
-              softcap=cap)
+              layer.finish, ls["phi"], bk, bv, blk, t == 0, window)
           _, fk, fv = layer.project(phi, self._pick(loc, ang_next))
           return phi, fk, fv
 
@@ -420,7 +445,4 @@ class Transformer(nnx.Module):
 
     x, ls = self._scan_layers(body, x, tuple(state[k] for k in names))
     new.update(zip(names, ls))
-    if m:
-      new["ring_pos"] = jnp.where(
-          complete, jnp.concatenate([ring_pos[blk:], blk_pos]), ring_pos)
     return self.logits(x), new

@@ -10,6 +10,12 @@ see `famjax.layers.linear`); one rules table maps each name to mesh axes of a
     batch = host_local_to_global(local_batch, mesh)          # multi-host input
     step = jax.jit(f, in_shardings=(shardings, data_sharding(mesh)), ...)
 
+Activations are pinned the same way: the model calls
+`constrain(x, ("batch", "length", "act_embed"))` on its block and FAM paths;
+under a mesh context (`with jax.set_mesh(mesh):` around tracing) that is a
+sharding constraint by the rules (`activation_rules(rules)` overrides them),
+without one a no-op.
+
 Rule resolution for one array (`logical_to_spec`): each dimension takes the
 mesh axes its name maps to, minus axes an earlier dimension already uses;
 if the dimension is not divisible by their total size, axes are dropped from
@@ -36,6 +42,8 @@ DEFAULT_RULES: Mapping[str, AxisRule] = {
     # activations
     "batch": ("data", "fsdp"),
     "length": None,
+    "blocks": None,
+    "act_embed": None,
     # parameters
     "vocab": "tensor",
     "embed": "fsdp",
@@ -160,6 +168,35 @@ def logical_to_spec(axes: Sequence[Optional[str]],
     else:
       out.append(tuple(mesh_axes))
   return P(*out)
+
+
+_ACTIVATION_RULES: list = []
+
+
+class activation_rules:
+  """Context manager: rules for `constrain` while tracing (default rules
+  otherwise)."""
+
+  def __init__(self, rules: Optional[Mapping[str, AxisRule]]):
+    self.rules = rules
+
+  def __enter__(self):
+    _ACTIVATION_RULES.append(self.rules)
+    return self
+
+  def __exit__(self, *exc):
+    _ACTIVATION_RULES.pop()
+
+
+def constrain(x, axes: Sequence[Optional[str]]):
+  """x with its sharding pinned to logical `axes` under the current mesh
+  context (`jax.set_mesh`); unchanged when no mesh is set."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return x
+  rules = _ACTIVATION_RULES[-1] if _ACTIVATION_RULES else None
+  spec = logical_to_spec(axes, rules, shape=x.shape, mesh=dict(mesh.shape))
+  return jax.lax.with_sharding_constraint(x, spec)
 
 
 def _is_var(x):

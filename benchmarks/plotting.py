@@ -1,0 +1,60 @@
+"""PNG figures beside the benchmark JSON files (matplotlib, no display)."""
+from __future__ import annotations
+
+import os
+
+
+def line_panels(path, panels, title=""):
+  """panels: [(ylabel, {label: {x: y}}, log_y)] -> one PNG, panels side by side.
+
+  x values are sequence lengths (log2 axis); None values are skipped.
+  """
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2))
+  axes = axes if len(panels) > 1 else [axes]
+  for ax, (ylabel, series, log_y) in zip(axes, panels):
+    for label, pts in sorted(series.items()):
+      xs = sorted(int(x) for x, y in pts.items() if y is not None)
+      if not xs:
+        continue
+      ys = [pts[x] if x in pts else pts[str(x)] for x in xs]
+      ax.plot(xs, ys, marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    if log_y:
+      ax.set_yscale("log")
+    ax.set_xlabel("sequence length T")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+  if title:
+    fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def bar_panels(path, panels, title=""):
+  """panels: [(ylabel, {label: value})] -> one PNG of bar charts."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2))
+  axes = axes if len(panels) > 1 else [axes]
+  for ax, (ylabel, values) in zip(axes, panels):
+    labels = list(values)
+    ax.bar(range(len(labels)), [values[k] for k in labels])
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right",
+                  fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, axis="y", alpha=0.3)
+  if title:
+    fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)

@@ -1,0 +1,116 @@
+"""Attention implementations behind one interface.
+
+Every attention of famjax (block rows, FAM rows, the initial-FAM prompt pass,
+full causal attention, one streaming step) is a call
+
+    attend(q, parts, impl=..., scale=..., softcap=...)
+
+q: [b, G, Q, H, D], G groups of Q queries (G = n blocks for the block rows
+of a whole sequence, 1 elsewhere). parts: a tuple of `KeyPart`s, the key
+sets the queries may see; query (g, i) sees keys `lo[g, i] .. hi[g, i]`
+(inclusive, indices into the part) of group `g - shift` of the part, none if
+`g < shift`. So a mask is a few contiguous key ranges per query row: for a
+block row [memory blocks ; FAM keys ; causal own block], a memory block is
+the block keys shifted by 1..m groups (read in place, never concatenated).
+
+Implementations (`AttentionConfig.attention_impl`):
+  xla      the explicit mask and the whole score matrix (the reference).
+  chunked  online softmax over key chunks with its own gradient: no score
+           matrix is ever stored (kernels/chunked.py). CPU default.
+  cudnn    `jax.nn.dot_product_attention` with an explicit mask; cuDNN on a
+           GPU, its XLA path elsewhere (kernels/cudnn.py). GPU default.
+  splash   Pallas splash attention (kernels/splash.py). TPU default.
+  auto     the default of the platform `jax.default_backend()` names.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+NEG_INF = -0.7 * float(np.finfo(np.float32).max)
+IMPLS = ("xla", "chunked", "splash", "cudnn", "auto")
+PLATFORM_DEFAULT = {"cpu": "chunked", "tpu": "splash", "gpu": "cudnn",
+                    "cuda": "cudnn", "rocm": "cudnn"}
+
+
+class KeyPart(NamedTuple):
+  """One key set: k, v [b, G, S, K, D]; lo, hi int, broadcastable to [G, Q]."""
+  k: jax.Array
+  v: jax.Array
+  lo: object
+  hi: object
+  shift: int = 0
+
+
+def resolve(impl: str) -> str:
+  """The implementation `impl` names ('auto': by platform)."""
+  if impl == "auto":
+    return PLATFORM_DEFAULT.get(jax.default_backend(), "chunked")
+  if impl not in IMPLS:
+    raise ValueError(f"attention_impl={impl!r} is unknown; choose one of "
+                     f"{IMPLS}.")
+  return impl
+
+
+def shift_groups(x, shift: int):
+  """x [b, G, ...] -> y with y[:, g] = x[:, g - shift] (zeros for g < shift)."""
+  if not shift:
+    return x
+  g = x.shape[1]
+  if shift >= g:
+    return jnp.zeros_like(x)
+  pad = [(0, 0), (shift, 0)] + [(0, 0)] * (x.ndim - 2)
+  return jnp.pad(x[:, :g - shift], pad)
+
+
+def unshift_groups(x, shift: int):
+  """The transpose of `shift_groups`: y[:, g] = x[:, g + shift]."""
+  if not shift:
+    return x
+  g = x.shape[1]
+  if shift >= g:
+    return jnp.zeros_like(x)
+  pad = [(0, 0), (0, shift)] + [(0, 0)] * (x.ndim - 2)
+  return jnp.pad(x[:, shift:], pad)
+
+
+def ranges(parts: Sequence[KeyPart], g: int, nq: int):
+  """Per part (lo, hi) as int32 [G, Q] arrays, hi clipped to the part."""
+  out = []
+  for p in parts:
+    lo = jnp.broadcast_to(jnp.asarray(p.lo, jnp.int32), (g, nq))
+    hi = jnp.minimum(jnp.broadcast_to(jnp.asarray(p.hi, jnp.int32), (g, nq)),
+                     p.k.shape[2] - 1)
+    out.append((lo, hi))
+  return out
+
+
+def part_mask(lo, hi, start, size: int, shift: int):
+  """Visibility [G, Q, size] of keys start..start+size-1 of one part, from
+  iotas and the per-query ranges (never stored beyond one chunk)."""
+  idx = start + jax.lax.iota(jnp.int32, size)
+  mask = (idx >= lo[..., None]) & (idx <= hi[..., None])
+  if shift:
+    mask &= (jax.lax.iota(jnp.int32, lo.shape[0]) >= shift)[:, None, None]
+  return mask
+
+
+def attend(q, parts: Sequence[KeyPart], *, impl: str, scale: float,
+           softcap: Optional[float] = None, chunk: int = 128):
+  """Attention of q [b, G, Q, H, D] over `parts`; [b, G, Q, H, D] in q's dtype."""
+  impl = resolve(impl)
+  parts = [p for p in parts if p.shift < q.shape[1] and p.k.shape[2] > 0]
+  if impl == "chunked":
+    from famjax.kernels import chunked
+    return chunked.attend(q, parts, scale=scale, softcap=softcap, chunk=chunk)
+  if impl == "cudnn":
+    from famjax.kernels import cudnn
+    return cudnn.attend(q, parts, scale=scale, softcap=softcap)
+  if impl == "splash":
+    from famjax.kernels import splash
+    return splash.attend(q, parts, scale=scale, softcap=softcap)
+  from famjax.kernels import xla
+  return xla.attend(q, parts, scale=scale, softcap=softcap)
