@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from famjax.errors import UserError
 from famjax.token_ids import check_token_ids  # noqa: F401  (public here too)
 
 

@@ -111,7 +111,8 @@ def test_lora_finetune_from_model_dir(tmp_path, capfd):
 # ------------------------------------------- a model with its own tokenizer
 OWN_GIN = FT_GIN + """
 train.task = %TASK
-train.attention = None
+train.attention = @AttentionConfig()
+AttentionConfig.mode = 'full'
 train.model_overrides = {}
 train.trainable = 'all'
 train.num_steps = 12

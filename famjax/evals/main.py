@@ -124,7 +124,7 @@ def evaluate(*, model_dir: str = gin.REQUIRED,
   import jax
   from famjax.evals import evaluator, infer, models
   if multi_host:
-    from famjax.train.loop import init_distributed
+    from famjax.train.sharding import init_distributed
     init_distributed()
   if not isinstance(batch_size, int) or batch_size < 1:
     raise UserError(f"eval.batch_size={batch_size!r} must be an integer >= 1.")
