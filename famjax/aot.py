@@ -142,11 +142,12 @@ def _model_and_state(args, platform):
   import jax
   from flax import nnx
   from famjax.model import Transformer
-  from famjax.train import loop, trainer
+  from famjax.train import run_checks, trainer
   from famjax.train.optimizers import make_optimizer
   try:
-    cfg = loop.build_config(args["model_config"], args["attention"],
-                            args["model_overrides"], args["load_params_from"])
+    cfg = run_checks.model_config(args["model_config"], args["attention"],
+                                  args["model_overrides"],
+                                  args["load_params_from"])
   except (ValueError, FileNotFoundError) as e:
     raise UserError(str(e).splitlines()[0]) from None
   cfg = _resolve_auto_impl(cfg, platform)
