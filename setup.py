@@ -17,12 +17,12 @@ setup(
         "tensorflow==2.21.0",
         "gin-config==0.5.0",
         "numpy>=2.0",
+        "matplotlib==3.11.2",
         "safetensors==0.8.0",
         "gguf==0.19.0",
         "tokenizers==0.23.3",
         "tensorboardX==2.6.5",
         "tqdm",
-        "matplotlib==3.11.2",
     ],
     extras_require={
         "test": [
