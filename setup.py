@@ -18,13 +18,13 @@ setup(
         "tensorflow-datasets==4.9.10",
         "gin-config==0.5.0",
         "numpy>=2.0",
+        "matplotlib==3.11.2",
         "safetensors==0.8.0",
         "gguf==0.19.0",
         "tokenizers==0.23.3",
         "tensorboardX==2.6.5",
         "tqdm",
         "rdata==1.1.0",
-        "matplotlib==3.11.2",
     ],
     extras_require={
         "test": [

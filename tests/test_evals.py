@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 from famjax.evals import infer
-from tests import evals_fixtures as fx
+from tests import evaluator_fixtures as fx
 from tests.helpers import jit_forward, perturbed_model, tiny_config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -111,7 +111,7 @@ def cli(args, capsys):
 
 def gin_args(model_dir, name="evtest_needle_byte", *extra):
   return [f"--gin_file={ROOT}/gin/runs/eval.gin",
-          f"--gin_file={HERE}/evals_fixtures.gin",
+          f"--gin_file={HERE}/evaluator_fixtures.gin",
           f"--gin.MODEL_DIR={model_dir}",
           f"--gin.MIXTURE_OR_TASK_NAME={name}", "--gin.eval.batch_size=4",
           *extra]

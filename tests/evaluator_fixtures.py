@@ -6,7 +6,7 @@ Importing this module registers (byte vocabulary, offline, deterministic):
     interface: accuracy and accuracy@depth=D from predictions, the mean
     sequence log-likelihood and token accuracy from [2, n] scores.
   evtest_needle_byte: the mixture of those tasks; TASK_INFO entries for all.
-A gin file can `import tests.evals_fixtures` to use them from `famjax eval`.
+A gin file can `import tests.evaluator_fixtures` to use them from `famjax eval`.
 """
 from __future__ import annotations
 
