@@ -128,7 +128,10 @@ def nll_per_token(model, tokens):
   """Negative log-likelihood of tokens[1:] given the prefix, [T-1]."""
   import jax
   import jax.numpy as jnp
-  logits = jax.jit(lambda t: model(t))(jnp.asarray(tokens)[None])[0, :-1]
+  from flax import nnx
+  gdef, state = nnx.split(model)
+  fwd = jax.jit(lambda s, t: nnx.merge(gdef, s)(t))  # weights as arguments
+  logits = fwd(state, jnp.asarray(tokens)[None])[0, :-1]
   lse = jax.nn.logsumexp(logits, -1)
   gold = jnp.take_along_axis(logits, jnp.asarray(tokens[1:])[:, None], -1)[:, 0]
   return np.asarray(lse - gold)

@@ -131,7 +131,7 @@ def plot(result: dict, path: str):
   depths = result["depths"]
   grid = np.array([[result["exact_match"][str(l)][str(d)] for l in lengths]
                    for d in depths])
-  fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(lengths), 3.2))
+  fig, ax = plt.subplots(figsize=(max(4.8, 1.6 + 0.8 * len(lengths)), 3.2))
   im = ax.imshow(grid, vmin=0, vmax=100, cmap="RdYlGn", aspect="auto",
                  origin="lower")
   ax.set_xticks(range(len(lengths)), [str(l) for l in lengths])
@@ -141,7 +141,7 @@ def plot(result: dict, path: str):
   for i in range(len(depths)):
     for j in range(len(lengths)):
       ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=8)
-  ax.set_title(f"PassKey exact match (%): {result['name']}")
+  ax.set_title(f"PassKey exact match (%): {result['name']}", fontsize=9)
   fig.colorbar(im, ax=ax)
   fig.tight_layout()
   fig.savefig(path, dpi=90)
@@ -190,7 +190,9 @@ def main(argv=None) -> int:
                                              for d, v in cells.items()}
     result["seconds"][str(length)] = round(dt, 1)
     mean = np.mean([v[0] for v in cells.values()])
+    digits = np.mean([v[1] for v in cells.values()])
     print(f"{args.name} length {length:6d} ({k}x): exact match {mean:5.1f}% "
+          f"(digits {digits:5.1f}%) "
           f"by depth {[round(v[0]) for v in cells.values()]} ({dt:.0f} s)",
           flush=True)
     with open(os.path.join(args.out_dir, f"passkey_{args.name}.json"), "w") as fh:
