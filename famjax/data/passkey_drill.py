@@ -1,0 +1,60 @@
+"""`passkey_drill_byte`: PassKey text with many needle/question rounds per
+sequence, a dense training signal for retrieval (an experiment's curriculum
+task; evaluation stays on `passkey_byte`).
+
+A sequence is the PassKey introduction, then rounds of
+  needle(key_i), 0..max_gap filler sentences, the question, key_i ". "
+until the budget is spent; the last round's key is the "targets". Every round
+asks for the key of its own needle, so the answer is always the most recent
+key: in-block copying when the needle is near, feedback memory across blocks
+when it is not. With whole-sequence loss weights
+(`famjax.data.loss_weights`) every round's answer is trained.
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+from famjax.data import synthetic, tasks
+from famjax.data.vocab import get_vocabulary
+
+
+def passkey_drill_example(index: int, *, num_chars: int = 512, seed: int = 0,
+                          split: str = "train", max_gap: int = 4,
+                          key_digits: int = 5) -> Dict[str, str]:
+  """Rounds of needle / filler / question / key; targets = the last key.
+
+  Round gaps are 0..max_gap filler sentences; the last round's gap also takes
+  whatever whole sentences still fit, so it ends near `num_chars`.
+  """
+  rng = synthetic.example_rng(index, seed, split)
+  question = synthetic.PASSKEY_QUESTION
+  needle = synthetic.PASSKEY_NEEDLE
+  fixed = len(synthetic.INTRO)
+  rounds = []                                 # (key, gap sentences)
+  while True:
+    key = str(rng.randint(10 ** (key_digits - 1), 10 ** key_digits))
+    gap = [synthetic.FILLER[int(j)] for j in
+           rng.randint(0, len(synthetic.FILLER), int(rng.randint(0, max_gap + 1)))]
+    size = len(needle.format(key=key)) + sum(map(len, gap)) + len(question)
+    extra = (len(rounds[-1][0]) + 2) if rounds else 0      # previous answer
+    if rounds and fixed + extra + size > num_chars:
+      break
+    if not rounds and fixed + size > num_chars:
+      raise ValueError(f"num_chars={num_chars} is too short for this task: it "
+                       f"needs at least {fixed + size} characters.")
+    fixed += extra + size
+    rounds.append((key, gap))
+  last_gap = rounds[-1][1] + synthetic._filler_sentences(  # pylint: disable=protected-access
+      num_chars - fixed)
+  rounds[-1] = (rounds[-1][0], last_gap)
+  parts = [synthetic.INTRO]
+  for i, (key, gap) in enumerate(rounds):
+    if i:
+      parts.append(rounds[i - 1][0] + ". ")
+    parts += [needle.format(key=key)] + gap + [question]
+  return {"inputs": "".join(parts), "targets": rounds[-1][0]}
+
+
+synthetic.GENERATORS.setdefault("passkey_drill", passkey_drill_example)
+tasks.register_synthetic_task("passkey_drill_byte", get_vocabulary("byte"),
+                              generator=passkey_drill_example)
