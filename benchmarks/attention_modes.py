@@ -14,7 +14,9 @@ keeping its minimum (a burst of load hits all alike). Full attention is
 O(T^2); lengths above --max_full_len are skipped for it (null).
 
 Targets (issue 10): fam/bswa step time at 8k <= 1.06; fam time(32k) /
-time(4k) <= 8.5; temporaries of the fam step at 32k <= 3 GB.
+time(4k) <= 8.5; temporaries of the fam step at 32k <= 3 GB. Without remat
+the temporaries are mostly the layers' own saved activations (FFN rows),
+which grow with T whatever the attention; `--remat full` keeps one layer's.
 Writes the JSON and a PNG (time and memory vs length) beside it.
 """
 from __future__ import annotations

@@ -282,7 +282,7 @@ class Transformer(nnx.Module):
       return (out, {}) if return_state else out
 
     blk, f = att.block_size, att.fam
-    n, pos, valid = attn.block_layout(t, blk)
+    n, _, valid = attn.block_layout(t, blk)
     blk_angles = tuple(None if a is None else attn.to_blocks(a[None], n, blk)[0]
                        for a in self._angles(jnp.arange(n * blk), position_offset))
     if att.mode == "fam":
@@ -324,10 +324,9 @@ class Transformer(nnx.Module):
       o = o.reshape(b, n * blk, *o.shape[3:])[:, :t]
       return (layer.finish(x, o), phi_init), phi_last
 
-    if att.mode == "fam":
-      (x, _), phis = self._scan_layers(body, (x, phi_init), fam_state)
-    else:
-      (x, _), phis = self._scan_layers(body, (x, None), None)
+    fam = att.mode == "fam"
+    (x, _), phis = self._scan_layers(body, (x, phi_init if fam else None),
+                                     fam_state if fam else None)
     out = self.logits(x)
     if return_state:
       return out, ({"fam_state": phis} if att.mode == "fam" else {})
