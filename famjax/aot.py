@@ -213,7 +213,21 @@ def build_step(args, devices, platform: str = "tpu"):
       "microbatches": step_cfg.microbatches,
       "mesh": {k: int(v) for k, v in mesh.shape.items()},
   }
-  return step, (a_state, a_batch), info
+  return _under_mesh(step, mesh), (a_state, a_batch), info
+
+
+class _under_mesh:
+  """A jitted step traced inside `jax.set_mesh(mesh)`, as the trainer traces
+  it, so the model's activation sharding constraints (and shard_map'ed
+  kernels) see the mesh."""
+
+  def __init__(self, step, mesh):
+    self.step, self.mesh = step, mesh
+
+  def trace(self, *args):
+    import jax
+    with jax.set_mesh(self.mesh):
+      return self.step.trace(*args)
 
 
 # ---------------------------------------------------------------- compile

@@ -73,7 +73,7 @@ OVERRIDES = {
                 "--gin.ModelConfig.ffn_dim=256", "--gin.ModelConfig.num_heads=4",
                 "--gin.ModelConfig.num_kv_heads=2",
                 "--gin.ModelConfig.vocab_size=512",
-                "--gin.train.batch_size=256", "--gin.train.seq_len=2048"],
+                "--gin.train.batch_size=256", "--gin.train.seq_len=512"],
 }
 
 ALLOWLIST = {

@@ -294,7 +294,8 @@ class TrainLoop:
 
   def step(self, batch):
     """Dispatch one train step; its metrics are fetched later (`flush`)."""
-    self.state, metrics = self.step_fn(self.state, batch)
+    with jax.set_mesh(self.built.mesh):     # activation constraints see it
+      self.state, metrics = self.step_fn(self.state, batch)
     self.step_num += 1
     self.due.append((self.step_num, metrics))
 
@@ -420,7 +421,9 @@ class TrainLoop:
         yield self.prepare_batch(b, "eval batch")
 
     try:
-      return trainer.evaluate(self.eval_step, self.state["params"], batches())
+      with jax.set_mesh(self.built.mesh):
+        return trainer.evaluate(self.eval_step, self.state["params"],
+                                batches())
     finally:
       build.close_iterator(it)
 
