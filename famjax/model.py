@@ -262,8 +262,7 @@ class Transformer(nnx.Module):
     return_state: also return {"fam_state": last Phi per layer [L, b, F, d]}.
     """
     check_token_ids(tokens, self.cfg.vocab_size)
-    cfg, att = self.cfg, self.cfg.attention
-    b, t = tokens.shape
+    cfg, att, (b, t) = self.cfg, self.cfg.attention, tokens.shape
     x = self._embed(tokens)
     attender, layout = self.attender, self.layout
     row_angles = self._angles(jnp.arange(t), position_offset)
