@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from famjax import cli_args
 from famjax.errors import UserError
 from famjax.token_ids import check_token_ids  # noqa: F401  (public here too)
 
@@ -208,10 +209,7 @@ def _parser():
   ap.add_argument("--temperature", type=float, default=0.0)
   ap.add_argument("--top_k", type=int, default=None)
   ap.add_argument("--seed", type=int, default=0)
-  ap.add_argument("--attention", choices=["full", "bswa", "fam"], default=None)
-  ap.add_argument("--block_size", type=int, default=None)
-  ap.add_argument("--memory_segments", type=int, default=None)
-  ap.add_argument("--fam_length", type=int, default=None)
+  cli_args.add_attention_flags(ap)
   return ap
 
 
@@ -219,7 +217,6 @@ def _load(args):
   """(model, vocabulary, prompt ids [1, T]) for the CLI; UserError on a
   mistake, before anything is compiled."""
   from famjax import params_io
-  from famjax.config import AttentionConfig
   from famjax.data.vocab import model_vocabulary
   if args.max_new_tokens < 0:
     raise UserError(f"--max_new_tokens must be >= 0, got {args.max_new_tokens}.")
@@ -233,16 +230,10 @@ def _load(args):
   ids = _encode_prompt(vocab, args.prompt)
   if not ids:
     raise UserError("--prompt encodes to no tokens; give some text.")
-  att = cfg.attention
   try:   # a bad attention choice or damaged weights: the user's to fix
-    if args.attention:
-      att = AttentionConfig(
-          mode=args.attention,
-          block_size=args.block_size or att.block_size,
-          memory_segments=(args.memory_segments if args.memory_segments
-                           is not None else att.memory_segments),
-          fam_length=args.fam_length or att.fam_length).validate()
-    _, model = params_io.load_model_dir(args.model_dir, attention=att)
+    att = cli_args.attention_from_args(args, base=cfg.attention)
+    _, model = params_io.load_model_dir(args.model_dir,
+                                        attention=att or cfg.attention)
   except ValueError as e:
     raise UserError(str(e)) from e
   check_token_ids(ids, cfg.vocab_size, "the prompt's tokens")

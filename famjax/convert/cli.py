@@ -19,7 +19,7 @@ import argparse
 import sys
 import time
 
-from famjax.config import AttentionConfig
+from famjax import cli_args
 
 USAGE = """\
 famjax convert --from hf|gguf SRC --out DIR [--attention full|bswa|fam]
@@ -48,12 +48,7 @@ def _parser():
                  help="export a famjax directory to Hugging Face format")
   p.add_argument("src", help="source checkpoint")
   p.add_argument("--out", required=True, help="new output directory")
-  p.add_argument("--attention", choices=("full", "bswa", "fam"), default=None,
-                 help="attention mode to run the weights with (default: the "
-                      "source's FAM config if it has one, else full)")
-  p.add_argument("--block_size", type=int, default=None)
-  p.add_argument("--memory_segments", type=int, default=None)
-  p.add_argument("--fam_length", type=int, default=None)
+  cli_args.add_attention_flags(p)   # default: the source's own attention
   p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                  default="float32")
   p.add_argument("--seed", type=int, default=0,
@@ -66,16 +61,8 @@ def _parser():
 
 
 def _attention(args):
-  knobs = {k: getattr(args, k) for k in ("block_size", "memory_segments",
-                                         "fam_length")
-           if getattr(args, k) is not None}
-  if args.attention is None:
-    if knobs:
-      raise _UsageError("--block_size / --memory_segments / --fam_length need "
-                        "--attention bswa or fam")
-    return None
   try:
-    return AttentionConfig(mode=args.attention, **knobs).validate()
+    return cli_args.attention_from_args(args, base=None)
   except ValueError as e:
     raise _UsageError(str(e)) from None
 
