@@ -106,6 +106,11 @@ def test_metrics():
       "exact_match": 50.0}
   assert tasks.target_log_likelihood(["a", "b"], [-1.0, -3.0]) == {
       "target_log_likelihood": -2.0}
+  # famjax eval's scores: [2, n] per example (log-probs; argmax hits), NaN pad
+  scores = [np.array([[-0.25, -0.75, np.nan], [1, 0, np.nan]]),
+            np.array([[-1.0, -2.0, -0.0], [0, 0, 1]])]
+  assert tasks.target_log_likelihood(["a", "b"], scores) == {
+      "target_log_likelihood": -2.0}
   assert t.postprocess_fn(b" 12345\n") == "12345"
 
 

@@ -74,7 +74,10 @@ def target_log_likelihood(targets, scores):
   log-probabilities, summed here (NaN: padding of ragged tasks).
   """
   del targets
-  totals = [float(np.nansum(s[0])) for s in scores]
+  def total(s):   # [2, n] (famjax.evals), [n] per-token, or a plain sum
+    s = np.asarray(s, np.float64)
+    return float(np.nansum(s[0] if s.ndim == 2 else s))
+  totals = [total(s) for s in scores]
   return {"target_log_likelihood": float(np.mean(totals)) if totals else 0.0}
 
 
