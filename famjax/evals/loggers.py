@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 import sys
 from typing import Any, Mapping, Optional
 
@@ -52,7 +53,11 @@ class TensorBoardLogger(seqio.Logger):
   def __call__(self, task_name, step, metrics, dataset, inferences, targets):
     if self._writer is None:
       from tensorboardX import SummaryWriter
-      self._writer = SummaryWriter(os.path.join(self.output_dir, "tensorboard"))
+      # One file per logger: tensorboardX names files by the second, so two
+      # writers opened in the same second would otherwise share one name.
+      self._writer = SummaryWriter(
+          os.path.join(self.output_dir, "tensorboard"),
+          filename_suffix=f".{os.getpid()}.{uuid.uuid4().hex[:8]}")
     for name, value in scalar_metrics(metrics).items():
       self._writer.add_scalar(f"{task_name}/{name}", value, step or 0)
     self._writer.flush()

@@ -129,11 +129,15 @@ def _bindings(text: str) -> dict:
   return out
 
 
-def _value(b, v):
+def _value(b, v, outer: str = ""):
+  """A binding's value; a reference reached through macro M is evaluated in
+  scope M, as gin does (its bindings read `M/Configurable.arg`)."""
   if isinstance(v, _Macro):
-    return _value(b, b.get(("", v.name, ""), b.get(("", v.name, "value"))))
+    return _value(b, b.get(("", v.name, ""), b.get(("", v.name, "value"))),
+                  v.name)
   if isinstance(v, _Ref):
     scope, _, name = v.name.rpartition("/")
+    scope = scope or outer
     cls = {"ModelConfig": ModelConfig, "AttentionConfig": AttentionConfig}.get(
         name.split(".")[-1])
     if cls is None:
@@ -178,7 +182,11 @@ def model_config(source: Source) -> ModelConfig:
   from famjax import params_io
   if source.kind == "model":
     return params_io.load_config(source.path)
-  b = _bindings(run_gin_text(source))
+  written = os.path.join(source.path, "model_config.json")   # by the trainer
+  if os.path.isfile(written):
+    with open(written) as fh:
+      return ModelConfig.from_json(fh.read())
+  b = _bindings(run_gin_text(source))      # runs older than that file
   get = lambda name: _value(b, b.get(("", "train", name)))
   cfg = get("model_config")
   if cfg is None:

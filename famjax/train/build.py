@@ -92,13 +92,21 @@ def close_iterator(it):
     it.close()
 
 
-def write_operative_config(model_dir: str):
-  """MODEL_DIR/config.gin: the gin bindings the run really used."""
-  path = os.path.join(model_dir, "config.gin")
-  tmp = path + ".tmp"
-  with open(tmp, "w") as fh:
-    fh.write(gin.operative_config_str())
-  os.replace(tmp, path)
+RUN_MODEL_CONFIG = "model_config.json"
+
+
+def write_operative_config(model_dir: str, cfg: Optional[ModelConfig] = None):
+  """MODEL_DIR/config.gin (the gin bindings the run really used) and
+  MODEL_DIR/model_config.json (the ModelConfig it trains, which readers
+  such as `famjax eval` take without re-evaluating gin)."""
+  texts = {"config.gin": gin.operative_config_str()}
+  if cfg is not None:
+    texts[RUN_MODEL_CONFIG] = cfg.to_json()
+  for name, text in texts.items():
+    path = os.path.join(model_dir, name)
+    with open(path + ".tmp", "w") as fh:
+      fh.write(text)
+    os.replace(path + ".tmp", path)
 
 
 def export_model(path, cfg, params, extra_from=None):

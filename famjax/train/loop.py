@@ -306,7 +306,7 @@ class TrainLoop:
     first = self.step_num == self.start + 1
     self.flush(keep=0 if first else 1)
     if first and self.chief:
-      build.write_operative_config(self.model_dir)
+      build.write_operative_config(self.model_dir, self.cfg)
 
   def maybe_save(self):
     if itstime(self.step_num, self.o.save_every, self.o.num_steps):
