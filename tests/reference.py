@@ -1,8 +1,8 @@
-"""A naive, independent reference of the famjax model, read from SPEC.md.
+"""A naive, independent reference of the famjax model, read from docs/fam.md.
 
 Nothing here is shared with `famjax`: the reference reads the model's
 parameters as a plain nested dict (`famjax.params_io.params_dict(model)`) and
-recomputes everything with plain `jax.numpy`, in the most literal order SPEC
+recomputes everything with plain `jax.numpy`, in the most literal order docs/fam.md
 allows:
 
 * mode `full`: ordinary causal attention over the whole sequence;
@@ -233,7 +233,7 @@ def initial_fam(xp, cfg, params, batch, offset=0.0):
 
 # ----------------------------------------------------------- bswa and fam
 def block_mask(cfg, local, t, row_pos, row_kind, key_pos, key_kind):
-  """The explicit SPEC mask of one pass: rows (FAM, block) x the key list
+  """The explicit docs/fam.md mask of one pass: rows (FAM, block) x the key list
   (memory blocks, FAM keys, own block). Positions >= t are padding."""
   mask = np.zeros((len(row_pos), len(key_pos)), bool)
   for i, (qp, qk) in enumerate(zip(row_pos, row_kind)):

@@ -1,5 +1,5 @@
 """The whole-sequence fast path (`Transformer.__call__`) against the naive
-block-outer reference of SPEC (tests/reference.py): logits, final FAM
+block-outer reference of docs/fam.md (tests/reference.py): logits, final FAM
 states, FAM-state input, position offsets and gradients."""
 import jax
 import jax.numpy as jnp
@@ -12,7 +12,7 @@ from tests.helpers import (VOCAB, fast_for, gemma_cfg, llama_cfg, max_abs,
 
 TOL = 1e-4
 
-# (config, batch, T). Each case combines several of the shapes SPEC names;
+# (config, batch, T). Each case combines several of the shapes docs/fam.md names;
 # every case is one compile, so they are few.
 CASES = [
     # mode fam
@@ -68,7 +68,7 @@ def test_modes_differ():
 @pytest.mark.parametrize("make,batch,length", [
     (llama_cfg, 2, 11), (gemma_cfg, 2, 13)], ids=["llama", "gemma"])
 def test_bswa_with_m_ge_n_equals_full(make, batch, length):
-  """SPEC: bswa with m >= n equals full (families without local layers).
+  """docs/fam.md: bswa with m >= n equals full (families without local layers).
   With Gemma 3 local layers the block rule hides nothing either when m >= n,
   and both modes apply the same native window, so they agree too."""
   tok = tokens(batch, length)

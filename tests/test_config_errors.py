@@ -1,4 +1,4 @@
-"""Every config that breaks SPEC or cannot be built is a ValueError that names
+"""Every config that breaks docs/fam.md or cannot be built is a ValueError that names
 the field to fix, raised when the model is constructed."""
 import dataclasses
 
@@ -21,7 +21,7 @@ def model_kw(**kw):
 
 
 BAD = [
-    # attention (SPEC: 1 <= F <= B, B > 0, m >= 0, a known mode)
+    # attention (docs/fam.md: 1 <= F <= B, B > 0, m >= 0, a known mode)
     pytest.param(base(fam_length=5), "fam_length", id="F>B"),
     pytest.param(base(fam_length=0), "fam_length", id="F=0"),
     pytest.param(base(fam_length=-1), "fam_length", id="F<0"),
@@ -82,7 +82,7 @@ def test_bad_config_names_the_field(cfg, field):
                  id="bswa-local"),
 ])
 def test_edge_configs_build(cfg):
-  """Positive controls: the limits of SPEC are allowed (built abstractly:
+  """Positive controls: the limits of docs/fam.md are allowed (built abstractly:
   eager random init would cost seconds of compiles)."""
   model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
   if cfg.attention.mode == "fam":
