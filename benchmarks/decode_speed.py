@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 
 import jax
@@ -90,9 +89,7 @@ def main(argv=None):
                           "block_size": 512, "memory_segments": 1,
                           "fam_length": 32, "batch": 1, "dtype": "float32",
                           "tokens": args.tokens},
-               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                           "jax": jax.__version__,
-                           "load_average_end": os.getloadavg()},
+               "machine": plotting.machine(),
                "tokens_per_s": tok_s, "state_bytes": sizes, "summary": summary},
               fh, indent=1)
   png = os.path.splitext(args.out)[0] + ".png"

@@ -4,6 +4,24 @@ from __future__ import annotations
 import os
 
 
+def machine() -> dict:
+  """What a benchmark JSON records of the machine it ran on."""
+  import platform
+  import jax
+  return {"cpus": os.cpu_count(), "platform": platform.platform(),
+          "jax": jax.__version__, "load_average_end": os.getloadavg()}
+
+
+def _save(fig, path, title):
+  import matplotlib.pyplot as plt
+  if title:
+    fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
 def line_panels(path, panels, title=""):
   """panels: [(ylabel, {label: {x: y}}, log_y)] -> one PNG, panels side by side.
 
@@ -29,12 +47,7 @@ def line_panels(path, panels, title=""):
     ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-  if title:
-    fig.suptitle(title, fontsize=10)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _save(fig, path, title)
 
 
 def bar_panels(path, panels, title=""):
@@ -52,9 +65,4 @@ def bar_panels(path, panels, title=""):
                   fontsize=8)
     ax.set_ylabel(ylabel)
     ax.grid(True, axis="y", alpha=0.3)
-  if title:
-    fig.suptitle(title, fontsize=10)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _save(fig, path, title)
