@@ -183,8 +183,6 @@ class TrainLoop:
         default_data=o.data_fn is None, mesh_shape=o.mesh_shape,
         sharding_rules=o.sharding_rules)
     self.cfg, self.step_cfg = plan.cfg, plan.step_cfg
-    from famjax.data.vocab import check_task_vocabulary
-    check_task_vocabulary(o.task, o.load_params_from or self.cfg)
     self.model_dir = os.path.abspath(os.path.expanduser(o.model_dir))
     os.makedirs(self.model_dir, exist_ok=True)
     if o.overwrite:

@@ -173,6 +173,8 @@ def check_run(*, num_steps, batch_size, seq_len, eval_every, eval_batches,
   if default_data:
     check_task(task, (("train_split", train_split),
                       ("eval_split", eval_split)))
+  from famjax.data.vocab import check_task_vocabulary
+  check_task_vocabulary(task, load_params_from or cfg)
   mesh, rules = check_mesh(mesh_shape, sharding_rules, batch_size)
   return RunPlan(cfg, step_cfg, mesh, rules)
 
