@@ -44,27 +44,25 @@ class ConsoleLogger(seqio.Logger):
 
 
 class TensorBoardLogger(seqio.Logger):
-  """Scalars to <log_dir>/tensorboard (tensorboardX; no TensorFlow writer)."""
+  """Scalars to <log_dir>/tensorboard (tensorboardX; no TensorFlow writer).
 
-  def __init__(self, output_dir: str):
-    super().__init__(output_dir)
-    self._writer = None
+  tensorboardX hands events to a background thread, and its flush() does not
+  wait for that thread, so each call opens a writer and closes it (close
+  drains the queue): the scalars are on disk when the call returns.
+  """
 
   def __call__(self, task_name, step, metrics, dataset, inferences, targets):
-    if self._writer is None:
-      from tensorboardX import SummaryWriter
-      # One file per logger: tensorboardX names files by the second, so two
-      # writers opened in the same second would otherwise share one name.
-      self._writer = SummaryWriter(
-          os.path.join(self.output_dir, "tensorboard"),
-          filename_suffix=f".{os.getpid()}.{uuid.uuid4().hex[:8]}")
-    for name, value in scalar_metrics(metrics).items():
-      self._writer.add_scalar(f"{task_name}/{name}", value, step or 0)
-    self._writer.flush()
-
-  def __del__(self):
-    if self._writer is not None:
-      self._writer.close()
+    from tensorboardX import SummaryWriter
+    # A file of its own per call: tensorboardX names files by the second, so
+    # two writers opened in the same second would otherwise share one name.
+    writer = SummaryWriter(
+        os.path.join(self.output_dir, "tensorboard"),
+        filename_suffix=f".{os.getpid()}.{uuid.uuid4().hex[:8]}")
+    try:
+      for name, value in scalar_metrics(metrics).items():
+        writer.add_scalar(f"{task_name}/{name}", value, step or 0)
+    finally:
+      writer.close()
 
 
 def _jsonable(x):
