@@ -36,6 +36,9 @@ def main(argv=None) -> int:
     print(f"famjax: error: unknown command {cmd!r}\n\n{usage()}",
           file=sys.stderr)
     return 2
+  if cmd != "compile":
+    from famjax import quiet
+    quiet.cpu_when_no_accelerator()
   module = importlib.import_module(COMMANDS[cmd][0])
   return int(module.main(rest) or 0)
 

@@ -104,3 +104,35 @@ def quiet_tensorflow():
     return
   if not any(isinstance(f, _QuietFinder) for f in sys.meta_path):
     sys.meta_path.insert(0, _QuietFinder())
+
+
+_GPU_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm7_plugin",
+                "jax_rocm_plugin")
+
+
+def cpu_when_no_accelerator() -> bool:
+  """JAX_PLATFORMS=cpu when libtpu is installed but this host has no TPU chip
+  and no GPU plugin is installed: the TPU runtime would otherwise print its
+  "could not determine TPU accelerator type / worker hostnames" errors on
+  every command (libtpu comes with famjax's `test` and `tpu` extras). The CPU
+  is the only backend such a host has anyway. A user's JAX_PLATFORMS wins;
+  `famjax compile` does not call this (it needs the TPU compiler without a
+  chip). Returns whether it set the variable."""
+  import importlib.util
+  if os.environ.get("JAX_PLATFORMS"):
+    return False
+  if importlib.util.find_spec("libtpu") is None:
+    return False
+  if any(importlib.util.find_spec(m) is not None for m in _GPU_PLUGINS):
+    return False
+  try:
+    from jax._src import hardware_utils   # the TPU chip scan JAX itself uses
+    chips, _ = hardware_utils.num_available_tpu_chips_and_device_id()
+  except Exception:  # pylint: disable=broad-except
+    return False                          # unsure: leave JAX's choice alone
+  if chips:
+    return False
+  os.environ["JAX_PLATFORMS"] = "cpu"
+  import jax                              # read JAX_PLATFORMS at its import
+  jax.config.update("jax_platforms", "cpu")
+  return True
