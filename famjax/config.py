@@ -39,7 +39,8 @@ class AttentionConfig:
     (famjax/kernels): "xla" (explicit mask, whole score matrix), "chunked"
     (online softmax over key chunks, never stores scores), "splash" (Pallas
     TPU kernel), "cudnn" (jax.nn.dot_product_attention) or "auto" (chunked
-    on CPU, splash on TPU, cudnn on GPU).
+    on CPU, splash on TPU, cudnn on GPU; xla for a single-query decoding
+    step, whose score row is tiny).
   attention_chunk: query and key chunk of "chunked": its loops visit one
     [chunk x chunk] tile of scores per block and head at a time.
   """

@@ -108,6 +108,28 @@ def test_auto_and_unknown_impl():
     llama_cfg("fam").with_attention(attention_chunk=0).validate()
 
 
+def test_auto_is_xla_for_one_decoding_step(monkeypatch):
+  """`auto` takes the platform default, except for a single query (a decoding
+  step), which uses `xla`; both give the same numbers."""
+  from famjax.kernels import chunked, xla
+  used = []
+  for mod, name in ((xla, "xla"), (chunked, "chunked")):
+    real = mod.attend
+    monkeypatch.setattr(mod, "attend", lambda *a, _r=real, _n=name, **k: (
+        used.append(_n), _r(*a, **k))[1])
+  r = np.random.RandomState(0)
+  k, v = (jnp.asarray(r.randn(1, 1, 7, 2, 4), jnp.float32) for _ in range(2))
+  for nq, want in ((1, "xla"), (3, "chunked")):
+    q = jnp.asarray(r.randn(1, 1, nq, 2, 4), jnp.float32)
+    parts = [kernels.KeyPart(k, v, 0, 6)]
+    used.clear()
+    out = kernels.attend(q, parts, impl="auto", scale=0.5)
+    assert used == [want]
+    ref = kernels.attend(q, parts, impl="xla" if want == "chunked" else
+                         "chunked", scale=0.5)
+    assert max_abs(out, ref) <= TOL
+
+
 def test_chunked_never_stores_scores():
   """The compiled forward + backward of `chunked` (default chunk) at
   T = 2048 (B = 512) needs far less temporary memory than the B x

@@ -20,7 +20,9 @@ Implementations (`AttentionConfig.attention_impl`):
   cudnn    `jax.nn.dot_product_attention` with an explicit mask; cuDNN on a
            GPU, its XLA path elsewhere (kernels/cudnn.py). GPU default.
   splash   Pallas splash attention (kernels/splash.py). TPU default.
-  auto     the default of the platform `jax.default_backend()` names.
+  auto     the default of the platform `jax.default_backend()` names, except
+           for a single query (one decoding step), where the whole score row
+           is tiny and `xla` is the fastest everywhere.
 """
 from __future__ import annotations
 
@@ -101,6 +103,8 @@ def part_mask(lo, hi, start, size: int, shift: int):
 def attend(q, parts: Sequence[KeyPart], *, impl: str, scale: float,
            softcap: Optional[float] = None, chunk: int = 128):
   """Attention of q [b, G, Q, H, D] over `parts`; [b, G, Q, H, D] in q's dtype."""
+  if impl == "auto" and q.shape[1] * q.shape[2] == 1:
+    impl = "xla"                     # one decoding step: one row of scores
   impl = resolve(impl)
   parts = [p for p in parts if p.shift < q.shape[1] and p.k.shape[2] > 0]
   if impl == "chunked":
