@@ -6,7 +6,8 @@
 For each length `train_len * k` and each needle depth (0 = right after the
 introduction, 1 = right before the question) it builds `samples` PassKey
 prompts (famjax.data.synthetic's text, the needle placed at that depth) of
-`length - 9` bytes, appends the 5-digit key, runs the model's whole-sequence
+`length - 9` bytes, appends the key (5 digits; --key_digits=1 for
+`passkey_digit_byte` models), runs the model's whole-sequence
 forward once (teacher forcing) and counts a hit when every key token is the
 argmax of the logits before it. That equals greedy decoding of the answer
 (tests/test_passkey_scoring.py checks it against `famjax.decode.generate`).
@@ -85,17 +86,20 @@ def score_batch(forward, prompts, answers):
   return hits
 
 
-def keys_for(length: int, depth_index: int, samples: int, seed: int = 1234):
+def keys_for(length: int, depth_index: int, samples: int, seed: int = 1234,
+             digits: int = 5):
   rng = np.random.RandomState([seed, length, depth_index])
-  return [str(k) for k in rng.randint(10000, 100000, size=samples)]
+  return [str(k) for k in rng.randint(10 ** (digits - 1), 10 ** digits,
+                                      size=samples)]
 
 
-def score_length(forward, length, depths, samples, max_tokens):
+def score_length(forward, length, depths, samples, max_tokens,
+                 key_digits: int = 5):
   """{depth: (exact match %, digit accuracy %)} at one context length."""
   num_chars = length - ANSWER_RESERVE
   jobs = []
   for di, depth in enumerate(depths):
-    for key in keys_for(length, di, samples):
+    for key in keys_for(length, di, samples, digits=key_digits):
       jobs.append((di, byte_ids(passkey_prompt(num_chars, depth, key)),
                    byte_ids(key)))
   per = max(1, max_tokens // length)
@@ -159,6 +163,8 @@ def main(argv=None) -> int:
   p.add_argument("--max_tokens", type=int, default=32768,
                  help="tokens per forward (batch = max_tokens // length)")
   p.add_argument("--attention", default=None, help="mode:block:m[:F]")
+  p.add_argument("--key_digits", type=int, default=5,
+                 help="digits of the key (1: the passkey_digit_byte task)")
   p.add_argument("--out_dir", default=RESULTS)
   args = p.parse_args(argv)
   from famjax import params_io
@@ -175,6 +181,7 @@ def main(argv=None) -> int:
             "attention": json.loads(cfg.to_json())["attention"]
             if hasattr(cfg, "to_json") else str(cfg.attention),
             "train_len": args.train_len, "samples": args.samples,
+            "key_digits": args.key_digits,
             "depths": depths, "lengths": [], "exact_match": {},
             "digit_accuracy": {}, "seconds": {}}
   os.makedirs(args.out_dir, exist_ok=True)
@@ -182,7 +189,7 @@ def main(argv=None) -> int:
     length = args.train_len * k
     t0 = time.perf_counter()
     cells = score_length(forward, length, depths, args.samples,
-                         args.max_tokens)
+                         args.max_tokens, key_digits=args.key_digits)
     dt = time.perf_counter() - t0
     result["lengths"].append(length)
     result["exact_match"][str(length)] = {str(d): v[0] for d, v in cells.items()}

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
+
 from famjax.data import synthetic
 from famjax.data.passkey_drill import passkey_drill_example
 
@@ -22,3 +24,30 @@ def test_every_round_answers_its_own_needle():
     assert len(ex["inputs"]) > 700 - max(map(len, synthetic.FILLER)) - 20
   assert passkey_drill_example(5, num_chars=700) == passkey_drill_example(
       5, num_chars=700)
+
+
+def test_key_copy_repeats_every_key():
+  from famjax.data.passkey_drill import key_copy_example
+  for i, n in ((0, 120), (1, 509), (2, 12)):
+    ex = key_copy_example(i, num_chars=n)
+    first, second = ex["inputs"].split(". ")
+    keys = first.split(" ")
+    assert all(re.fullmatch(r"\d{5}", k) for k in keys)
+    assert (second + ex["targets"]).split(" ") == keys
+    assert len(ex["inputs"]) <= n
+  assert key_copy_example(3, split="validation") != key_copy_example(3)
+
+
+def test_passkey_digit_task_has_one_digit_in_a_digit_free_haystack():
+  import seqio
+  import famjax.data.passkey_drill  # noqa: F401  (registers the task)
+  from famjax.data.pipeline import make_iterator
+  vocab = seqio.ByteVocabulary()
+  batch = next(make_iterator("passkey_digit_byte", "validation", seq_len=512,
+                             batch_size=4))
+  for row in np.asarray(batch["decoder_input_tokens"]):
+    text = vocab.decode([int(t) for t in row if t > 2])
+    digits = re.findall(r"\d", text)
+    # the needle says the key twice, the answer once; nothing else is a digit
+    assert len(digits) == 3 and len(set(digits)) == 1 and digits[0] != "0"
+    assert text.rstrip().endswith("The pass key is " + digits[0])

@@ -58,3 +58,35 @@ def passkey_drill_example(index: int, *, num_chars: int = 512, seed: int = 0,
 synthetic.GENERATORS.setdefault("passkey_drill", passkey_drill_example)
 tasks.register_synthetic_task("passkey_drill_byte", get_vocabulary("byte"),
                               generator=passkey_drill_example)
+
+
+def key_copy_example(index: int, *, num_chars: int = 512, seed: int = 0,
+                     split: str = "train", key_digits: int = 5
+                     ) -> Dict[str, str]:
+  """Random keys, then the same keys again; targets = the last key.
+
+  "12345 67890 ... 55501. 12345 67890 ... 555" + "01"-style: the first half
+  is unpredictable, every digit of the second half can be copied from the
+  first (the densest in-context copying signal, a warm-up for PassKey
+  retrieval: with whole-sequence loss about half the digits are copies).
+  """
+  rng = synthetic.example_rng(index, seed, split)
+  width = key_digits + 1
+  n = max(1, (num_chars // 2 - 1) // width)
+  keys = [str(rng.randint(10 ** (key_digits - 1), 10 ** key_digits))
+          for _ in range(n)]
+  first = " ".join(keys) + ". "
+  second = " ".join(keys[:-1]) + (" " if n > 1 else "")
+  return {"inputs": first + second, "targets": keys[-1]}
+
+
+synthetic.GENERATORS.setdefault("key_copy", key_copy_example)
+tasks.register_synthetic_task("key_copy_byte", get_vocabulary("byte"),
+                              generator=key_copy_example)
+
+
+# PassKey with a one-digit key (1-9; the filler has no digits): retrieval is
+# finding the one digit of the context, a single attention lookup, where the
+# 5-digit key also needs an induction circuit to copy the digits in order.
+tasks.register_synthetic_task("passkey_digit_byte", get_vocabulary("byte"),
+                              generator="passkey", key_digits=1)
