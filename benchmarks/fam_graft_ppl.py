@@ -117,8 +117,10 @@ def plot(result, path):
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(7, 4))
   b = result["bucket"]
-  for name, v in result["ppl"].items():
-    ax.plot([b * (i + 0.5) for i in range(len(v))], v, marker="o", label=name)
+  for n, (name, v) in enumerate(result["ppl"].items()):
+    # a new line style each time the colour cycle (10 colours) wraps
+    ax.plot([b * (i + 0.5) for i in range(len(v))], v, marker="o",
+            linestyle=("-", "--", ":")[n // 10 % 3], label=name)
   ax.set_yscale("log")
   ax.set_xlabel("token position (bucket centre)")
   ax.set_ylabel("perplexity")
