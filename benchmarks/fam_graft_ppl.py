@@ -17,19 +17,20 @@ Variants (comma-separated):
   fam_first                fam_tok of the text's first token (the token that
                            is the attention sink of `full` on this text).
   famF1_first              fam_first with F = 1 (one sink row, not F copies).
-  fam_bias:B               NOT the rules of docs/fam.md: an option prototyped
-                           here only: block queries add B to their logits of
-                           FAM keys (B = -inf gives bswa exactly). Combined
-                           with a prompt as fam_bias:B:first.
-Writes benchmarks/results/fam_graft_ppl.json and a PNG of the curves.
+  fam_bias:B               NOT the rules of docs/fam.md: the option
+                           AttentionConfig.fam_logit_bias = B, block queries
+                           add B to their logits on FAM keys (B = -inf gives
+                           bswa exactly). Combined with a prompt as
+                           fam_bias:B:first.
+Writes benchmarks/results/fam_graft_ppl.json and a PNG of the curves; rows
+of an existing JSON with the same text and layout are kept (a run adds or
+replaces only the variants it names).
 """
 from __future__ import annotations
 
 import argparse
 import gzip
-import dataclasses
 import json
-import math
 import os
 import sys
 import time
@@ -62,67 +63,6 @@ def austen_text(book: str = "sensesensibility", path: str = AUSTEN) -> str:
   return "\n".join(str(l) for l in lines)
 
 
-# ---------------------------------------------- option prototype (not rules)
-def biased_block_attention(bias: float):
-  """famjax.attention.block_attention with `bias` added to the logits of
-  block queries on FAM keys (an option outside docs/fam.md's rules)."""
-  import jax
-  import jax.numpy as jnp
-  from famjax import attention as attn
-  original = attn.block_attention
-
-  def block_attention(q, k, v, *, memory_segments, fam_k=None, fam_v=None,
-                      scale, softcap=None, window=None):
-    if fam_k is None:
-      return original(q, k, v, memory_segments=memory_segments, scale=scale,
-                      softcap=softcap, window=window)
-    # Split the softmax: p_fam = e^B * sum_fam / (e^B * sum_fam + sum_rest).
-    def part(keys, vals, mask):
-      *lead, nq, h, d = q.shape
-      kh = keys.shape[-2]
-      qg = (q * scale).reshape(*lead, nq, kh, h // kh, d)
-      s = jnp.einsum("...qkgd,...skd->...kgqs", qg, keys,
-                     preferred_element_type=jnp.float32)
-      if softcap:
-        s = jnp.tanh(s / softcap) * softcap
-      s = jnp.where(mask[..., None, None, :, :], s, attn.NEG_INF)
-      mx = jnp.max(s, -1, keepdims=True)
-      e = jnp.exp(s - mx)
-      num = jnp.einsum("...kgqs,...skd->...kgqd", e, vals.astype(jnp.float32))
-      return num, jnp.sum(e, -1, keepdims=True), mx
-
-    n, blk = q.shape[1], q.shape[2]
-    fmask = jnp.ones((1, n, blk, fam_k.shape[2]), bool)
-    nf, sf, mf = part(fam_k, fam_v, fmask)
-    # The non-FAM part: the rules' keys without FAM (bswa of this block).
-    pos = np.arange(n * blk).reshape(n, blk)
-    keys, vals, masks = [], [], []
-    m = min(memory_segments, n - 1)
-    if m > 0:
-      keys.append(attn._memory(k, m))          # pylint: disable=protected-access
-      vals.append(attn._memory(v, m))          # pylint: disable=protected-access
-      mem_pos = np.concatenate(
-          [np.concatenate([np.full((m, blk), -1), pos])[m - i:m - i + n]
-           for i in range(m, 0, -1)], axis=1)
-      masks.append(np.broadcast_to((mem_pos >= 0)[:, None, :],
-                                   (n, blk, m * blk)))
-    keys.append(k)
-    vals.append(v)
-    masks.append(np.broadcast_to(np.tril(np.ones((blk, blk), bool)),
-                                 (n, blk, blk)))
-    mask = jnp.asarray(np.concatenate(masks, -1))[None]
-    nr, sr, mr = part(jnp.concatenate(keys, 2), jnp.concatenate(vals, 2), mask)
-    top = jnp.maximum(mf + bias, mr) if math.isfinite(bias) else mr
-    wf = jnp.exp(mf + bias - top) if math.isfinite(bias) else 0.0
-    wr = jnp.exp(mr - top)
-    o = (nf * wf + nr * wr) / (sf * wf + sr * wr)
-    *lead, nq, h, d = q.shape
-    o = jnp.moveaxis(o, -2, -4)            # [..., q, kh, g, d]
-    return o.reshape(*lead, nq, h, d).astype(q.dtype)
-
-  return block_attention
-
-
 # ----------------------------------------------------------------- scoring
 def nll_per_token(model, tokens):
   """Negative log-likelihood of tokens[1:] given the prefix, [T-1]."""
@@ -148,17 +88,17 @@ def bucket_ppl(nll, bucket):
 
 
 def build(model_dir, variant, args, first_token):
-  """(label, model) of one variant."""
-  from famjax import attention as attn
+  """The model of one variant."""
   from famjax import params_io
   from famjax.config import AttentionConfig
-  attn.block_attention = ORIGINAL_BLOCK_ATTENTION
   parts = variant.split(":")
   name = parts[0]
   f = 1 if name.startswith("famF1") else args.fam_length
   mode = name if name in ("full", "bswa") else "fam"
+  bias = float(parts[1]) if name == "fam_bias" else None
   att = AttentionConfig(mode=mode, block_size=args.block,
-                        memory_segments=args.memory, fam_length=f)
+                        memory_segments=args.memory, fam_length=f,
+                        fam_logit_bias=bias)
   _, model = params_io.load_model_dir(model_dir, attention=att)
   token = None
   if name in ("fam_first", "famF1_first") or parts[-1] == "first":
@@ -168,12 +108,7 @@ def build(model_dir, variant, args, first_token):
   if token is not None:
     emb = np.asarray(model.embed.embedding[...])[token]
     model.fam_prompt.set_value(np.broadcast_to(emb, (f, emb.shape[0])).copy())
-  if name == "fam_bias":
-    attn.block_attention = biased_block_attention(float(parts[1]))
   return model
-
-
-ORIGINAL_BLOCK_ATTENTION = None
 
 
 def plot(result, path):
@@ -182,8 +117,10 @@ def plot(result, path):
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(7, 4))
   b = result["bucket"]
-  for name, v in result["ppl"].items():
-    ax.plot([b * (i + 0.5) for i in range(len(v))], v, marker="o", label=name)
+  for n, (name, v) in enumerate(result["ppl"].items()):
+    # a new line style each time the colour cycle (10 colours) wraps
+    ax.plot([b * (i + 0.5) for i in range(len(v))], v, marker="o",
+            linestyle=("-", "--", ":")[n // 10 % 3], label=name)
   ax.set_yscale("log")
   ax.set_xlabel("token position (bucket centre)")
   ax.set_ylabel("perplexity")
@@ -196,7 +133,6 @@ def plot(result, path):
 
 
 def main(argv=None) -> int:
-  global ORIGINAL_BLOCK_ATTENTION
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--model_dir", required=True)
   p.add_argument("--tokens", type=int, default=2048)
@@ -208,9 +144,7 @@ def main(argv=None) -> int:
   p.add_argument("--variants", default="full,bswa,fam")
   p.add_argument("--out", default=os.path.join(RESULTS, "fam_graft_ppl.json"))
   args = p.parse_args(argv)
-  from famjax import attention as attn
   from famjax.data.vocab import get_vocabulary
-  ORIGINAL_BLOCK_ATTENTION = attn.block_attention
   vocab = get_vocabulary(args.model_dir)
   ids = vocab.encode(austen_text(args.book))[args.offset:args.offset + args.tokens]
   tokens = np.asarray(ids, np.int32)
@@ -238,7 +172,6 @@ def main(argv=None) -> int:
           flush=True)
     with open(args.out, "w") as fh:
       json.dump(result, fh, indent=1)
-  attn.block_attention = ORIGINAL_BLOCK_ATTENTION
   plot(result, args.out[:-len(".json")] + ".png")
   return 0
 

@@ -22,7 +22,10 @@ whole-sequence forward, the streaming step and the initial FAM:
 * `fam_pass`, `fam_chain`  one FAM update and its `lax.scan` over blocks.
 
 A native local window (Gemma 3) narrows each range from below; it applies
-to block keys only, never to FAM keys.
+to block keys only, never to FAM keys. `BlockLayout.fam_bias`
+(`AttentionConfig.fam_logit_bias`, outside docs/fam.md's rules) is the logit
+offset of the FAM-key part of the block rows and of the streaming rows; the
+FAM rows never carry it.
 """
 from __future__ import annotations
 
@@ -89,10 +92,12 @@ def to_blocks(x, n, block):
 
 @dataclasses.dataclass(frozen=True)
 class BlockLayout:
-  """Block size B, memory segments m and FAM length F (0: bswa)."""
+  """Block size B, memory segments m, FAM length F (0: bswa) and the logit
+  offset of block queries on FAM keys (0.0: the rules; -inf: none seen)."""
   block: int
   memory: int
   fam: int
+  fam_bias: float = 0.0
 
   def fam_positions(self, t):
     """Positions of the FAM rows of block t's pass: the last F of block t.
@@ -107,15 +112,16 @@ class BlockLayout:
 
     Query j of block t sees every key of blocks t-m..t-1 (the block keys
     shifted by s = m..1 groups; blocks before 0 do not exist), all F FAM
-    keys of its pass (fam_k [b, n, F, K, D]) and own-block keys <= j.
-    Padded keys sit only after the last real token, so causality hides them.
+    keys of its pass (fam_k [b, n, F, K, D], their logits offset by
+    `fam_bias`) and own-block keys <= j. Padded keys sit only after the last real token, so causality hides them.
     """
     n, blk = k.shape[1], k.shape[2]
     j = np.arange(blk)[None, :]
     parts = [KeyPart(k, v, first_visible(j + s * blk, window), blk - 1, s)
              for s in range(min(self.memory, n - 1), 0, -1)]
     if fam_k is not None:
-      parts.append(KeyPart(fam_k, fam_v, 0, fam_k.shape[2] - 1))
+      parts.append(KeyPart(fam_k, fam_v, 0, fam_k.shape[2] - 1,
+                           bias=self.fam_bias))
     parts.append(KeyPart(k, v, first_visible(j, window), j))
     return parts
 
@@ -132,8 +138,9 @@ class BlockLayout:
   def stream_rows(self, q_pos, t, ring, fam_kv, blk_kv, window=None):
     """Parts for new queries at q_pos [Q] of block t against a decoding
     state: ring (k, v) [b, m*B, K, D] holding blocks t-m..t-1 (slots of
-    blocks before 0 are empty), fam_kv (k, v) [b, F, K, D] or None, and
-    the current block's keys blk_kv [b, B, K, D] (filled up to q_pos)."""
+    blocks before 0 are empty), fam_kv (k, v) [b, F, K, D] or None (their
+    logits offset by `fam_bias`), and the current block's keys blk_kv
+    [b, B, K, D] (filled up to q_pos)."""
     blk, m = self.block, self.memory
     parts = []
     if m:
@@ -142,7 +149,7 @@ class BlockLayout:
       parts.append(KeyPart(ring[0][:, None], ring[1][:, None], lo,
                            m * blk - 1))
     if fam_kv is not None:
-      parts += all_rows(*fam_kv)
+      parts += [p._replace(bias=self.fam_bias) for p in all_rows(*fam_kv)]
     rel = q_pos - t * blk
     parts.append(KeyPart(blk_kv[0][:, None], blk_kv[1][:, None],
                          first_visible(rel, window), rel))

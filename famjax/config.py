@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Optional, Tuple
 
 import gin
@@ -43,6 +44,13 @@ class AttentionConfig:
     step, whose score row is tiny).
   attention_chunk: query and key chunk of "chunked": its loops visit one
     [chunk x chunk] tile of scores per block and head at a time.
+  fam_logit_bias: None (default, the rules of docs/fam.md) or a constant
+    B <= 0 (fam only) that block queries add to their attention logits on
+    the FAM keys; FAM queries are unchanged. NOT part of the paper's rules:
+    an option for running weights trained without FAM (a converted model)
+    in fam. B = 0 is the rules, B = -inf drops the FAM keys from the block
+    rows, so the tokens' outputs are exactly bswa's; values in between
+    interpolate.
   """
   mode: str = "full"
   block_size: int = 512
@@ -50,6 +58,7 @@ class AttentionConfig:
   fam_length: int = 32
   attention_impl: str = "auto"
   attention_chunk: int = 128
+  fam_logit_bias: Optional[float] = None
 
   def validate(self) -> "AttentionConfig":
     if self.mode not in ATTENTION_MODES:
@@ -65,6 +74,17 @@ class AttentionConfig:
       raise UserError(
           f"AttentionConfig.attention_chunk={self.attention_chunk!r} must be a "
           "positive integer.")
+    bias = self.fam_logit_bias
+    if bias is not None:
+      if (not isinstance(bias, (int, float)) or isinstance(bias, bool) or
+          math.isnan(bias) or bias > 0):
+        raise UserError(
+            f"AttentionConfig.fam_logit_bias={bias!r} must be None or a number "
+            "<= 0 (-inf allowed).")
+      if self.mode != "fam":
+        raise UserError(
+            f"AttentionConfig.fam_logit_bias={bias!r} means nothing in mode "
+            f"{self.mode!r}; use mode 'fam' or leave fam_logit_bias None.")
     if self.mode == "full":
       return self
     if not isinstance(self.block_size, int) or self.block_size <= 0:
@@ -90,6 +110,13 @@ class AttentionConfig:
   def fam(self) -> int:
     """FAM rows actually used (0 unless mode == 'fam')."""
     return self.fam_length if self.mode == "fam" else 0
+
+  @property
+  def fam_bias(self) -> float:
+    """The logit offset of block queries on FAM keys (0.0: the rules)."""
+    if self.mode != "fam" or self.fam_logit_bias is None:
+      return 0.0
+    return float(self.fam_logit_bias)
 
 
 @gin.configurable

@@ -10,6 +10,7 @@ mode keeps an ordinary KV cache of the whole context.
 
 CLI: famjax generate --model_dir DIR --prompt TEXT [--max_new_tokens N]
      [--attention fam --block_size B --memory_segments m --fam_length F]
+     [--fam_logit_bias=B]
 The text is printed as it is produced and stops at the tokenizer's EOS. The
 model directory's own tokenizer (extra/tokenizer/) encodes the prompt; a
 directory without one must be a byte model (vocab_size 259).

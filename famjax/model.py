@@ -157,7 +157,8 @@ class Transformer(nnx.Module):
   @property
   def layout(self) -> attn.BlockLayout:
     att = self.cfg.attention
-    return attn.BlockLayout(att.block_size, att.memory_segments, att.fam)
+    return attn.BlockLayout(att.block_size, att.memory_segments, att.fam,
+                            att.fam_bias)
 
   def _inv_freq(self, local: bool):
     c = self.cfg

@@ -17,6 +17,9 @@ allows:
   update (block 0) drops the FAM rows' attention residual, and the last block
   is padded with tokens whose keys nobody attends to.
 
+`AttentionConfig.fam_logit_bias` (outside the rules) is an explicit additive
+logit matrix over the same key list: B on (block query, FAM key) pairs.
+
 No `lax.scan`, no vectorisation over blocks. The same code runs on two
 array modules: `numpy` in float64 (`forward(..., xp=np)`, the default: exact
 and fast, no compilation) and `jax.numpy` in float32 (`xp=jnp`, for
@@ -96,8 +99,9 @@ def rope(xp, x, positions, freqs, offset):
   return x * cos + rot * sin
 
 
-def attention(xp, q, k, v, mask, scale, cap):
-  """q [b, Q, H, D]; k, v [b, S, K, D]; mask: numpy bool [Q, S].
+def attention(xp, q, k, v, mask, scale, cap, bias=None):
+  """q [b, Q, H, D]; k, v [b, S, K, D]; mask: numpy bool [Q, S]; bias: None
+  or numpy float [Q, S] added to the (soft-capped) logits (-inf allowed).
 
   GQA by repeating every kv head H/K times (head h uses kv head h // (H/K)).
   """
@@ -108,6 +112,8 @@ def attention(xp, q, k, v, mask, scale, cap):
   v = xp.repeat(v, h // kh, axis=2)
   s = xp.einsum("bqhd,bshd->bhqs", q * scale, k)
   s = softcap(xp, s, cap)
+  if bias is not None:
+    s = s + xp.asarray(bias, _dtype(xp))[None, None]
   s = xp.where(xp.asarray(mask)[None, None], s, -np.inf)
   smax = xp.max(s, axis=-1, keepdims=True)
   if xp is jnp:
@@ -264,6 +270,21 @@ def block_mask(cfg, local, t, row_pos, row_kind, key_pos, key_kind):
   return mask
 
 
+def fam_bias_matrix(cfg, row_kind, key_kind):
+  """AttentionConfig.fam_logit_bias (an option outside docs/fam.md's rules)
+  as an additive [rows, keys] logit matrix: B where a block query meets a
+  FAM key, 0 elsewhere; None when the option is off."""
+  b = cfg.attention.fam_logit_bias
+  if cfg.attention.mode != "fam" or b is None:
+    return None
+  out = np.zeros((len(row_kind), len(key_kind)))
+  for i, qk in enumerate(row_kind):
+    for j, kk in enumerate(key_kind):
+      if qk == "blk" and kk == "fam":
+        out[i, j] = b
+  return out
+
+
 def forward_blocks(xp, cfg, params, tokens, fam_state=None, offset=0.0):
   """Block-outer bswa / fam. Returns (logits [b, T, V], Phi [L, b, F, d])."""
   att = cfg.attention
@@ -307,7 +328,8 @@ def forward_blocks(xp, cfg, params, tokens, fam_state=None, offset=0.0):
       key_k = xp.concatenate([memory[l][s][0] for s in mem_blocks] + [k], 1)
       key_v = xp.concatenate([memory[l][s][1] for s in mem_blocks] + [v], 1)
       mask = block_mask(cfg, local, t, row_pos, row_kind, key_pos, key_kind)
-      o = attention(xp, q, key_k, key_v, mask, scale, cap)
+      o = attention(xp, q, key_k, key_v, mask, scale, cap,
+                    fam_bias_matrix(cfg, row_kind, key_kind))
       residual = np.ones(f + blk)
       if fam and tb == 0:
         residual[:f] = 0.0            # first update: A_fam = Attn(...)

@@ -1,6 +1,8 @@
 """The whole-sequence fast path (`Transformer.__call__`) against the naive
 block-outer reference of docs/fam.md (tests/reference.py): logits, final FAM
-states, FAM-state input, position offsets and gradients."""
+states, FAM-state input, position offsets and gradients; and the option
+`fam_logit_bias` (outside the rules) against the reference's explicit logit
+offsets, against `bswa` (B = -inf) and against the rules (B = 0 / None)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,6 +27,11 @@ CASES = [
                  id="fam-m>=n-mqa-noscan-remat"),
     pytest.param(gemma_cfg("fam", 4, 2, 2), 2, 13, id="fam-gemma"),
     pytest.param(qwen_cfg("fam", 5, 1, 3), 2, 14, id="fam-qwen"),
+    # mode fam with fam_logit_bias (outside the rules)
+    pytest.param(llama_cfg("fam", 4, 1, 2).with_attention(fam_logit_bias=-1.5),
+                 2, 11, id="fam-bias-partial-gqa-b2"),
+    pytest.param(gemma_cfg("fam", 4, 0, 4).with_attention(fam_logit_bias=-2.0),
+                 1, 10, id="fam-bias-gemma-m0-F=B"),
     # mode bswa
     pytest.param(llama_cfg("bswa", 4, 1), 2, 11, id="bswa-partial-b2"),
     pytest.param(llama_cfg("bswa", 4, 0), 1, 10, id="bswa-m0"),
@@ -63,6 +70,40 @@ def test_modes_differ():
   assert max_abs(outs["bswa"], outs["fam"]) > 1e-2
   # the first block of bswa sees exactly what full attention sees
   assert max_abs(outs["full"][:, :4], outs["bswa"][:, :4]) <= TOL
+
+
+def with_bias(cfg, bias):
+  return cfg.with_attention(fam_logit_bias=bias)
+
+
+@pytest.mark.parametrize("make,batch,length,mem", [
+    (llama_cfg, 2, 11, 1), (gemma_cfg, 1, 10, 0)], ids=["llama", "gemma-m0"])
+def test_fam_logit_bias_between_rules_and_bswa(make, batch, length, mem):
+  """fam_logit_bias = -inf gives exactly bswa's logits (the FAM keys are
+  dropped from the block rows; FAM rows still update, so the FAM state is
+  not bswa's); 0 and None are the rules; a finite B gives neither."""
+  tok = tokens(batch, length)
+  fam = make("fam", 4, mem, 2)
+  rules, rules_state = fast_for(fam)(tok, return_state=True)
+  bswa = fast_for(make("bswa", 4, mem))(tok)
+  closed, closed_state = fast_for(with_bias(fam, float("-inf")))(
+      tok, return_state=True)
+  zero = fast_for(with_bias(fam, 0.0))(tok)
+  finite = fast_for(with_bias(fam, -2.0))(tok)
+  assert max_abs(closed, bswa) <= 1e-6
+  assert max_abs(zero, rules) == 0.0
+  # FAM queries never carry the bias: layer 0's FAM rows (whose block keys
+  # are embeddings) update as in the rules; deeper layers read block keys
+  # that the bias changed
+  assert max_abs(closed_state["fam_state"][0],
+                 rules_state["fam_state"][0]) <= 1e-6
+  assert max_abs(closed_state["fam_state"], rules_state["fam_state"]) > 1e-3
+  # non-vacuity: the rules differ from bswa, and B = -2 from both
+  assert max_abs(rules, bswa) > 1e-2
+  assert max_abs(finite, rules) > 1e-3 and max_abs(finite, bswa) > 1e-3
+  # the reference agrees on both ends
+  ref, _ = R.forward(with_bias(fam, float("-inf")), fast_for(fam).params, tok)
+  assert max_abs(closed, ref) <= TOL
 
 
 @pytest.mark.parametrize("make,batch,length", [

@@ -32,6 +32,18 @@ BAD = [
                  id="m<0-bswa"),
     pytest.param(base("sliding"), "mode", id="unknown-mode"),
     pytest.param(base("FAM"), "mode", id="mode-case"),
+    # fam_logit_bias (outside the rules): None or a number <= 0, fam only
+    pytest.param(base(fam_logit_bias=1.0), "fam_logit_bias", id="bias>0"),
+    pytest.param(base(fam_logit_bias=float("inf")), "fam_logit_bias",
+                 id="bias=+inf"),
+    pytest.param(base(fam_logit_bias=float("nan")), "fam_logit_bias",
+                 id="bias=nan"),
+    pytest.param(base(fam_logit_bias="-5"), "fam_logit_bias", id="bias-str"),
+    pytest.param(base(fam_logit_bias=True), "fam_logit_bias", id="bias-bool"),
+    pytest.param(base("bswa", fam_logit_bias=-5.0), "fam_logit_bias",
+                 id="bias-in-bswa"),
+    pytest.param(base("full", fam_logit_bias=-5.0), "fam_logit_bias",
+                 id="bias-in-full"),
     # model
     pytest.param(model_kw(num_heads=4, num_kv_heads=3), "num_kv_heads",
                  id="kv-not-dividing"),
@@ -77,6 +89,9 @@ def test_bad_config_names_the_field(cfg, field):
 @pytest.mark.parametrize("cfg", [
     pytest.param(base(fam_length=4, memory_segments=0), id="F=B-m0"),
     pytest.param(base(fam_length=1, memory_segments=7), id="F=1-large-m"),
+    pytest.param(base(fam_logit_bias=0.0), id="bias=0"),
+    pytest.param(base(fam_logit_bias=-7), id="bias-int"),
+    pytest.param(base(fam_logit_bias=float("-inf")), id="bias=-inf"),
     pytest.param(dataclasses.replace(
         base("bswa"), layer_types=("local", "global"), sliding_window=2),
                  id="bswa-local"),

@@ -99,6 +99,40 @@ def test_gguf_cli_weights_only(tmp_path, capsys):
       <= 1e-4
 
 
+def test_gguf_cli_fam_logit_bias(tmp_path, capsys):
+  """--fam_logit_bias=B (outside the FAM rules) is stored with the converted
+  model and runs: B = -inf gives the logits of bswa on the same weights;
+  a positive B, or a bias outside fam, is one line on stderr and no output."""
+  ref = U.make_hf_model("llama_plain", str(tmp_path / "hf"), seed=13)
+  g = U.write_tiny_gguf(ref, str(tmp_path / "tiny.gguf"))
+  out = str(tmp_path / "fj")
+  rc, _, err = run(["--from", "gguf", g, "--out", out, "--no_tokenizer",
+                    "--attention", "fam", "--block_size", "4", "--fam_length",
+                    "2", "--fam_logit_bias=-inf"], capsys)
+  assert rc == 0, err
+  assert load_config(out).attention == AttentionConfig(
+      "fam", 4, AttentionConfig().memory_segments, 2,
+      fam_logit_bias=float("-inf"))
+  ids = U.tokens(1, T, seed=13)
+  _, closed = load_model_dir(out)
+  _, bswa = load_model_dir(out, attention=AttentionConfig(
+      "bswa", 4, AttentionConfig().memory_segments))
+  _, rules = load_model_dir(out, attention=AttentionConfig(
+      "fam", 4, AttentionConfig().memory_segments, 2))
+  got = U.famjax_logits(closed, ids)
+  assert np.abs(got - U.famjax_logits(bswa, ids)).max() <= 1e-5
+  assert np.abs(got - U.famjax_logits(rules, ids)).max() > 1e-3
+  for flags, word in ((["--attention", "fam", "--fam_logit_bias=1"],
+                       "fam_logit_bias"),
+                      (["--attention", "bswa", "--fam_logit_bias=-10"],
+                       "fam_logit_bias")):
+    rc, _, err = run(["--from", "gguf", g, "--out", str(tmp_path / "bad"),
+                      "--no_tokenizer"] + flags, capsys)
+    one_line_error(rc, err, word)
+    assert word in err
+    assert not os.path.exists(tmp_path / "bad")
+
+
 def test_gguf_tokenizer_needs_no_transformers(tmp_path, capsys, monkeypatch):
   """`convert --from gguf` rebuilds a byte-level BPE tokenizer with the
   `tokenizers` package alone; it is the tokenizer transformers rebuilds."""

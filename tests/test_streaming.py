@@ -67,6 +67,10 @@ STREAMS = [
                  id="fam-llama-m2-F1"),
     pytest.param(gemma_cfg("fam", 4, 0, 4), 1, 10, MIXED,
                  id="fam-gemma-m0-F=B"),
+    pytest.param(llama_cfg("fam", 4, 2, 1).with_attention(fam_logit_bias=-1.5),
+                 1, 12, block_patterns(4), id="fam-bias-llama-m2-F1"),
+    pytest.param(gemma_cfg("fam", 4, 0, 4).with_attention(fam_logit_bias=-2.0),
+                 1, 10, MIXED, id="fam-bias-gemma-m0-F=B"),
     pytest.param(gemma_cfg("bswa", 4, 2), 2, 13, MIXED, id="bswa-gemma-m2"),
     pytest.param(gemma_cfg("full"), 2, 13, MIXED, id="full-gemma"),
 ]
@@ -97,6 +101,21 @@ def test_stream_equals_forward(cfg, batch, length, patterns):
       assert max_abs(st["phi"], ref_state) <= TOL, nb
     if length % att.block_size == 0:
       assert max_abs(state["phi"], want_state["fam_state"]) <= TOL
+
+
+def test_stream_with_closed_fam_bias_equals_bswa():
+  """fam_logit_bias = -inf (outside the rules) streams exactly bswa's
+  logits: the block queries' view of the FAM keys is dropped in the
+  streaming step as in the whole-sequence forward."""
+  fam = llama_cfg("fam", 4, 2, 1)
+  tok = tokens(1, 12)
+  closed = fast_for(fam.with_attention(fam_logit_bias=float("-inf")))
+  logits, _, _ = run_stream(closed, tok, block_patterns(4))
+  bswa = fast_for(llama_cfg("bswa", 4, 2))
+  streamed_bswa, _, _ = run_stream(bswa, tok, block_patterns(4))
+  assert max_abs(logits, streamed_bswa) <= 1e-6     # the same computation
+  assert max_abs(logits, bswa(tok)) <= TOL          # streamed vs whole
+  assert max_abs(logits, fast_for(fam)(tok)) > 1e-2      # not the rules
 
 
 def test_state_size_is_constant():

@@ -262,11 +262,25 @@ def test_attention_flags_mean_the_same_everywhere():
       "fam", 32, AttentionConfig().memory_segments, AttentionConfig().fam_length)
   assert att(["--fam_length", "4"], fam) == AttentionConfig("fam", 64, 2, 4)
   assert att(["--attention", "full"], fam) == AttentionConfig("full", 64, 2, 8)
+  # fam_logit_bias (outside the rules): kept in fam, dropped in other modes
+  biased = AttentionConfig("fam", 64, 2, 8, fam_logit_bias=-10.0)
+  assert att(["--fam_logit_bias=-10"], fam) == biased
+  assert att(["--fam_logit_bias", "-10"], fam) == biased
+  assert att(["--attention", "fam", "--fam_logit_bias=-inf"]).fam_logit_bias \
+      == float("-inf")
+  assert att(["--block_size", "32"], biased) == AttentionConfig(
+      "fam", 32, 2, 8, fam_logit_bias=-10.0)
+  assert att(["--attention", "bswa"], biased) == AttentionConfig(
+      "bswa", 64, 2, 8)
   for argv, base in ((["--block_size", "8"], None),
                      (["--block_size", "8"], AttentionConfig("full")),
                      (["--attention", "full", "--block_size", "8"], None),
                      (["--attention", "fam", "--fam_length", "99",
-                       "--block_size", "8"], None)):
+                       "--block_size", "8"], None),
+                    (["--fam_logit_bias=-1"], None),
+                    (["--fam_logit_bias=0.5"], fam),
+                    (["--attention", "bswa", "--fam_logit_bias=-1"], fam),
+                    (["--attention", "full", "--fam_logit_bias=-1"], fam)):
     with pytest.raises(UserError):
       att(argv, base)
 

@@ -7,7 +7,8 @@
 Attention options choose how the converted weights will run: --attention
 full|bswa|fam, --block_size B, --memory_segments m, --fam_length F (`fam`
 adds only the FAM prompt: the one an exported famjax model carries, else
-the model's initial prompt for --seed). The tokenizer is kept in
+the model's initial prompt for --seed), and --fam_logit_bias=B, an option
+outside the FAM rules (famjax/cli_args.py). The tokenizer is kept in
 extra/tokenizer/ (GGUF: rebuilt as tokenizer.json). --dtype sets the parameter and compute dtype.
 
 A mistake the user can fix (missing or damaged file, unsupported
@@ -24,6 +25,7 @@ from famjax import cli_args
 USAGE = """\
 famjax convert --from hf|gguf SRC --out DIR [--attention full|bswa|fam]
                [--block_size B] [--memory_segments m] [--fam_length F]
+               [--fam_logit_bias=B]
                [--dtype float32|bfloat16|float16] [--seed S] [--no_tokenizer]
 famjax convert --to hf SRC_FAMJAX_DIR --out HF_DIR"""
 

@@ -13,6 +13,14 @@ sets the queries may see; query (g, i) sees keys `lo[g, i] .. hi[g, i]`
 block row [memory blocks ; FAM keys ; causal own block], a memory block is
 the block keys shifted by 1..m groups (read in place, never concatenated).
 
+A part may carry a constant logit offset `bias` (a Python float, default 0):
+its scores are `softcap(scale * q.k) + bias`, the offset added after the
+soft-cap, so it shifts that part's share of the softmax without being capped
+itself. A part with bias -inf contributes nothing: `attend` drops it before
+any implementation runs (each query must still see a key of another part).
+Only `AttentionConfig.fam_logit_bias` sets it, on the FAM keys that block
+rows see (an option outside docs/fam.md's rules).
+
 Implementations (`AttentionConfig.attention_impl`):
   xla      the explicit mask and the whole score matrix (the reference).
   chunked  online softmax over key chunks with its own gradient: no score
@@ -26,6 +34,7 @@ Implementations (`AttentionConfig.attention_impl`):
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Optional, Sequence
 
 import jax
@@ -39,12 +48,24 @@ PLATFORM_DEFAULT = {"cpu": "chunked", "tpu": "splash", "gpu": "cudnn",
 
 
 class KeyPart(NamedTuple):
-  """One key set: k, v [b, G, S, K, D]; lo, hi int, broadcastable to [G, Q]."""
+  """One key set: k, v [b, G, S, K, D]; lo, hi int, broadcastable to [G, Q];
+  bias: a Python float added to every score of this part (after soft-cap)."""
   k: jax.Array
   v: jax.Array
   lo: object
   hi: object
   shift: int = 0
+  bias: float = 0.0
+
+
+def dropped(p: KeyPart) -> bool:
+  """Whether part p contributes nothing (bias -inf)."""
+  return math.isinf(p.bias) and p.bias < 0
+
+
+def biased(parts: Sequence[KeyPart]) -> bool:
+  """Whether any part carries a (finite) nonzero bias."""
+  return any(float(p.bias) != 0.0 for p in parts)
 
 
 def resolve(impl: str) -> str:
@@ -106,7 +127,8 @@ def attend(q, parts: Sequence[KeyPart], *, impl: str, scale: float,
   if impl == "auto" and q.shape[1] * q.shape[2] == 1:
     impl = "xla"                     # one decoding step: one row of scores
   impl = resolve(impl)
-  parts = [p for p in parts if p.shift < q.shape[1] and p.k.shape[2] > 0]
+  parts = [p for p in parts
+           if p.shift < q.shape[1] and p.k.shape[2] > 0 and not dropped(p)]
   if impl == "chunked":
     from famjax.kernels import chunked
     return chunked.attend(q, parts, scale=scale, softcap=softcap, chunk=chunk)

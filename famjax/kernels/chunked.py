@@ -9,7 +9,9 @@ returns o and the log-sum-exp; the backward pass (`jax.custom_vjp`)
 recomputes each chunk's scores from q, k and the log-sum-exp. So neither
 pass stores a score matrix larger than one [chunk x chunk] tile per group,
 head and batch row. A part shifted by s groups (memory block t-s of block
-t) is read from the block keys in place, one chunk at a time.
+t) is read from the block keys in place, one chunk at a time. A part's
+constant logit bias shifts its (soft-capped) scores in both passes; its
+derivative is 1, so the backward formulas are otherwise unchanged.
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ def attend(q, parts, *, scale, softcap=None, chunk=128):
     vs.append(jnp.pad(p.v, widths) if pad else p.v)
     kcs.append(kc)
   static = (float(scale), softcap, qc, tuple(kcs),
-            tuple(p.shift for p in parts))
+            tuple(p.shift for p in parts), tuple(float(p.bias) for p in parts))
   qp = q if nqc * qc == nq else jnp.pad(
       q, [(0, 0), (0, 0), (0, nqc * qc - nq), (0, 0), (0, 0)])
   qp = qp.reshape(b, g, nqc * qc, kh, h // kh, d)
@@ -55,13 +57,17 @@ def _pad_q(x, n, value):
   return jnp.pad(x, [(0, 0), (0, n - x.shape[1])], constant_values=value)
 
 
-def _scores(qs, kb, cap):
-  """Scaled queries [b,G,q,K,g,D] x keys [b,G,c,K,D] -> [b,G,K,g,q,c] f32."""
+def _scores(qs, kb, cap, bias=0.0):
+  """Scaled queries [b,G,q,K,g,D] x keys [b,G,c,K,D] -> ([b,G,K,g,q,c] f32
+  scores, soft-capped then offset by `bias`; tanh of the cap or None)."""
   s = jnp.einsum("bGqkgd,bGckd->bGkgqc", qs, kb, preferred_element_type=F32)
-  if not cap:
-    return s, None
-  t = jnp.tanh(s / cap)
-  return t * cap, t
+  t = None
+  if cap:
+    t = jnp.tanh(s / cap)
+    s = t * cap
+  if bias:
+    s = s + bias
+  return s, t
 
 
 def _bounds(lo, hi, kc, nk):
@@ -94,18 +100,18 @@ def _r_chunks(r, qc):
 # ------------------------------------------------------------------ forward
 def _forward_chunk(qs, ks, vs, los, his, static):
   """One query chunk: (o [b,G,q,K,g,D] f32, lse [b,G,K,g,q] f32)."""
-  _, cap, _, kcs, shifts = static
+  _, cap, _, kcs, shifts, biases = static
   b, g, qc, kh, gr, d = qs.shape
   m = jnp.full((b, g, kh, gr, qc), NEG_INF, F32)
   l = jnp.zeros((b, g, kh, gr, qc), F32)
   acc = jnp.zeros((b, g, kh, gr, qc, d), F32)
-  for k, v, lo, hi, kc, sh in zip(ks, vs, los, his, kcs, shifts):
-    def body(c, carry, k=k, v=v, lo=lo, hi=hi, kc=kc, sh=sh):
+  for k, v, lo, hi, kc, sh, bi in zip(ks, vs, los, his, kcs, shifts, biases):
+    def body(c, carry, k=k, v=v, lo=lo, hi=hi, kc=kc, sh=sh, bi=bi):
       m, l, acc = carry
       start = c * kc
       kb = shift_groups(jax.lax.dynamic_slice_in_dim(k, start, kc, 2), sh)
       vb = shift_groups(jax.lax.dynamic_slice_in_dim(v, start, kc, 2), sh)
-      s, _ = _scores(qs, kb, cap)
+      s, _ = _scores(qs, kb, cap, bi)
       mask = part_mask(lo, hi, start, kc, sh)[None, :, None, None]
       s = jnp.where(mask, s, NEG_INF)
       m_new = jnp.maximum(m, jnp.max(s, -1))
@@ -127,7 +133,7 @@ def _forward_chunk(qs, ks, vs, los, his, static):
 
 
 def _forward(q, ks, vs, los, his, static):
-  scale, _, qc, _, _ = static
+  scale, _, qc = static[:3]
   qs = q * jnp.asarray(scale, q.dtype)
   if q.shape[2] == qc:
     o, lse = _forward_chunk(qs, ks, vs, los, his, static)
@@ -159,17 +165,17 @@ def _attention_fwd(q, ks, vs, los, his, static):
 # ----------------------------------------------------------------- backward
 def _backward_chunk(qs, do, delta, lse, ks, vs, los, his, dks, dvs, static):
   """One query chunk: (dq wrt the scaled queries, updated dks, dvs)."""
-  _, cap, _, kcs, shifts = static
+  _, cap, _, kcs, shifts, biases = static
   dq = jnp.zeros(qs.shape, F32)
   dks, dvs = list(dks), list(dvs)
-  for i, (k, v, lo, hi, kc, sh) in enumerate(zip(ks, vs, los, his, kcs,
-                                                 shifts)):
-    def body(c, carry, k=k, v=v, lo=lo, hi=hi, kc=kc, sh=sh):
+  for i, (k, v, lo, hi, kc, sh, bi) in enumerate(zip(ks, vs, los, his, kcs,
+                                                     shifts, biases)):
+    def body(c, carry, k=k, v=v, lo=lo, hi=hi, kc=kc, sh=sh, bi=bi):
       dq, dk, dv = carry
       start = c * kc
       kb = shift_groups(jax.lax.dynamic_slice_in_dim(k, start, kc, 2), sh)
       vb = shift_groups(jax.lax.dynamic_slice_in_dim(v, start, kc, 2), sh)
-      s, t = _scores(qs, kb, cap)
+      s, t = _scores(qs, kb, cap, bi)
       mask = part_mask(lo, hi, start, kc, sh)[None, :, None, None]
       p = jnp.where(mask, jnp.exp(s - lse[..., None]), 0.0)
       dv_c = jnp.einsum("bGkgqc,bGqkgd->bGckd", p.astype(do.dtype), do,
@@ -200,7 +206,7 @@ def _add_chunk(acc, x, start):
 
 def _attention_bwd(static, res, do):
   q, ks, vs, los, his, o, lse = res
-  scale, _, qc, _, _ = static
+  scale, _, qc = static[:3]
   qs = q * jnp.asarray(scale, q.dtype)
   delta = jnp.sum(do.astype(F32) * o.astype(F32), -1)       # [b,G,Q,K,g]
   delta = jnp.moveaxis(delta, 2, 4)

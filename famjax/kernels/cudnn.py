@@ -6,7 +6,9 @@ with bfloat16 / float16 inputs the call asks for the cuDNN fused kernel;
 elsewhere (float32 on a GPU, or any other platform) the same call runs
 with `implementation=None` / `'xla'`, so the masking is the same code path
 everywhere. The call has no logit soft-cap: soft-capped models (Gemma 2
-style `attn_logit_softcap`) run the `xla` implementation instead.
+style `attn_logit_softcap`) run the `xla` implementation instead. Parts with
+a logit bias become the call's additive `bias` [1, 1, Q, S] (in q's dtype),
+added to the scaled scores as `xla` adds it.
 """
 from __future__ import annotations
 
@@ -30,8 +32,11 @@ def attend(q, parts, *, scale, softcap=None):
   b, g, nq, h, d = q.shape
   s, kh = k.shape[2], k.shape[3]
   mask = jnp.broadcast_to(mask[None], (b, g, nq, s)).reshape(b * g, 1, nq, s)
+  bias = xla.key_bias(parts)
+  if bias is not None:
+    bias = jnp.broadcast_to(bias.astype(q.dtype), (1, 1, nq, s))
   o = jax.nn.dot_product_attention(
       q.reshape(b * g, nq, h, d), k.reshape(b * g, s, kh, d),
-      v.reshape(b * g, s, kh, d), mask=mask, scale=scale,
+      v.reshape(b * g, s, kh, d), mask=mask, bias=bias, scale=scale,
       implementation=implementation(jnp.dtype(q.dtype)))
   return o.reshape(b, g, nq, h, d)

@@ -12,7 +12,9 @@ block rows and full attention of models without native local layers).
 Ranges that are traced values (a streaming step's positions, the FAM rows
 inside the scan over blocks, local windows chosen per layer under the layer
 scan) are computed by `chunked` instead. Lowered for any platform but TPU
-the kernel runs in Pallas interpret mode (slow; for tests).
+the kernel runs in Pallas interpret mode (slow; for tests). The kernel takes
+no additive logit offset, so calls with a biased part (`KeyPart.bias`) are
+computed by `chunked` as well.
 
 Under a mesh context (`jax.set_mesh`) the kernel runs inside `shard_map`:
 batch rows split like the "batch" rule, KV heads like "kv_heads"
@@ -26,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental.pallas.ops.tpu import splash_attention as sa
 
-from famjax.kernels import chunked
+from famjax.kernels import biased, chunked
 
 BLOCK = 128
 
@@ -112,7 +114,7 @@ def _kernel(mask: RangesMask, heads: int, block: int, softcap, interpret):
 
 def attend(q, parts, *, scale, softcap=None, block: int = BLOCK):
   b, g, nq, h, d = q.shape
-  rg = static_ranges(parts, g, nq)
+  rg = None if biased(parts) else static_ranges(parts, g, nq)
   if rg is None:
     return chunked.attend(q, parts, scale=scale, softcap=softcap)
   kh = parts[0].k.shape[-2]

@@ -10,7 +10,16 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from famjax.kernels import NEG_INF, part_mask, ranges, shift_groups
+from famjax.kernels import NEG_INF, biased, part_mask, ranges, shift_groups
+
+
+def key_bias(parts):
+  """The per-key logit offsets [S] of all parts together (float32), or None
+  when every part has bias 0."""
+  if not biased(parts):
+    return None
+  return jnp.concatenate([jnp.full((p.k.shape[2],), p.bias, jnp.float32)
+                          for p in parts])
 
 
 def dense_inputs(q, parts):
@@ -25,11 +34,12 @@ def dense_inputs(q, parts):
           jnp.concatenate(masks, -1))
 
 
-def grouped(q, k, v, mask, *, scale, softcap=None):
+def grouped(q, k, v, mask, *, scale, softcap=None, bias=None):
   """Grouped-query softmax attention with an explicit mask.
 
   q [..., Q, H, D]; k, v [..., S, K, D], H % K == 0; mask broadcastable to
-  [..., Q, S]. Scores and softmax in float32; returns q's dtype.
+  [..., Q, S]; bias: None or per-key offsets [S] added after the soft-cap.
+  Scores and softmax in float32; returns q's dtype.
   """
   *lead, nq, h, d = q.shape
   kh = k.shape[-2]
@@ -38,6 +48,8 @@ def grouped(q, k, v, mask, *, scale, softcap=None):
                  preferred_element_type=jnp.float32)
   if softcap:
     s = jnp.tanh(s / softcap) * softcap
+  if bias is not None:
+    s = s + bias
   s = jnp.where(mask[..., None, None, :, :], s, NEG_INF)
   p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
   o = jnp.einsum("...kgqs,...skd->...qkgd", p, v)
@@ -46,4 +58,5 @@ def grouped(q, k, v, mask, *, scale, softcap=None):
 
 def attend(q, parts, *, scale, softcap=None):
   k, v, mask = dense_inputs(q, parts)
-  return grouped(q, k, v, mask[None], scale=scale, softcap=softcap)
+  return grouped(q, k, v, mask[None], scale=scale, softcap=softcap,
+                 bias=key_bias(parts))
