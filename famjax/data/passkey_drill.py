@@ -20,16 +20,19 @@ from famjax.data.vocab import get_vocabulary
 
 def passkey_drill_example(index: int, *, num_chars: int = 512, seed: int = 0,
                           split: str = "train", max_gap: int = 4,
-                          key_digits: int = 5) -> Dict[str, str]:
+                          key_digits: int = 5,
+                          intro: bool = True) -> Dict[str, str]:
   """Rounds of needle / filler / question / key; targets = the last key.
 
   Round gaps are 0..max_gap filler sentences; the last round's gap also takes
   whatever whole sentences still fit, so it ends near `num_chars`.
+  intro=False leaves out the PassKey introduction (short sequences).
   """
   rng = synthetic.example_rng(index, seed, split)
   question = synthetic.PASSKEY_QUESTION
   needle = synthetic.PASSKEY_NEEDLE
-  fixed = len(synthetic.INTRO)
+  head = synthetic.INTRO if intro else ""
+  fixed = len(head)
   rounds = []                                 # (key, gap sentences)
   while True:
     key = str(rng.randint(10 ** (key_digits - 1), 10 ** key_digits))
@@ -47,7 +50,7 @@ def passkey_drill_example(index: int, *, num_chars: int = 512, seed: int = 0,
   last_gap = rounds[-1][1] + synthetic._filler_sentences(  # pylint: disable=protected-access
       num_chars - fixed)
   rounds[-1] = (rounds[-1][0], last_gap)
-  parts = [synthetic.INTRO]
+  parts = [head]
   for i, (key, gap) in enumerate(rounds):
     if i:
       parts.append(rounds[i - 1][0] + ". ")
@@ -90,3 +93,12 @@ tasks.register_synthetic_task("key_copy_byte", get_vocabulary("byte"),
 # 5-digit key also needs an induction circuit to copy the digits in order.
 tasks.register_synthetic_task("passkey_digit_byte", get_vocabulary("byte"),
                               generator="passkey", key_digits=1)
+# ... and its drill: rounds of needle / filler / question / answer with
+# one-digit keys, each question asking for the most recent key.
+tasks.register_synthetic_task(
+    "passkey_digit_drill_byte", get_vocabulary("byte"),
+    generator=passkey_drill_example, key_digits=1)
+# ... without the introduction, for short sequences (a length curriculum).
+tasks.register_synthetic_task(
+    "digit_drill_byte", get_vocabulary("byte"),
+    generator=passkey_drill_example, key_digits=1, intro=False, max_gap=1)
