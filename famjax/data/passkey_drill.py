@@ -102,3 +102,9 @@ tasks.register_synthetic_task(
 tasks.register_synthetic_task(
     "digit_drill_byte", get_vocabulary("byte"),
     generator=passkey_drill_example, key_digits=1, intro=False, max_gap=1)
+# ... and with long gaps (up to 30 filler sentences, about 550 bytes) between
+# needle and question: at 2048 bytes a key must be held across several
+# blocks (a length curriculum's later stage).
+tasks.register_synthetic_task(
+    "digit_drill_long_byte", get_vocabulary("byte"),
+    generator=passkey_drill_example, key_digits=1, intro=False, max_gap=30)
