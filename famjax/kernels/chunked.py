@@ -97,6 +97,17 @@ def _r_chunks(r, qc):
   return jnp.moveaxis(r.reshape(r.shape[0], -1, qc), 1, 0)
 
 
+def _tile(qs, k, v, lo, hi, c, kc, sh, cap, bi):
+  """Key chunk c of one part against a query chunk: (start, shifted key and
+  value chunks, scores, tanh of the cap or None, visibility mask)."""
+  start = c * kc
+  kb = shift_groups(jax.lax.dynamic_slice_in_dim(k, start, kc, 2), sh)
+  vb = shift_groups(jax.lax.dynamic_slice_in_dim(v, start, kc, 2), sh)
+  s, t = _scores(qs, kb, cap, bi)
+  mask = part_mask(lo, hi, start, kc, sh)[None, :, None, None]
+  return start, kb, vb, s, t, mask
+
+
 # ------------------------------------------------------------------ forward
 def _forward_chunk(qs, ks, vs, los, his, static):
   """One query chunk: (o [b,G,q,K,g,D] f32, lse [b,G,K,g,q] f32)."""
@@ -108,11 +119,7 @@ def _forward_chunk(qs, ks, vs, los, his, static):
   for k, v, lo, hi, kc, sh, bi in zip(ks, vs, los, his, kcs, shifts, biases):
     def body(c, carry, k=k, v=v, lo=lo, hi=hi, kc=kc, sh=sh, bi=bi):
       m, l, acc = carry
-      start = c * kc
-      kb = shift_groups(jax.lax.dynamic_slice_in_dim(k, start, kc, 2), sh)
-      vb = shift_groups(jax.lax.dynamic_slice_in_dim(v, start, kc, 2), sh)
-      s, _ = _scores(qs, kb, cap, bi)
-      mask = part_mask(lo, hi, start, kc, sh)[None, :, None, None]
+      _, _, vb, s, _, mask = _tile(qs, k, v, lo, hi, c, kc, sh, cap, bi)
       s = jnp.where(mask, s, NEG_INF)
       m_new = jnp.maximum(m, jnp.max(s, -1))
       p = jnp.where(mask, jnp.exp(s - m_new[..., None]), 0.0)
@@ -172,11 +179,7 @@ def _backward_chunk(qs, do, delta, lse, ks, vs, los, his, dks, dvs, static):
                                                      shifts, biases)):
     def body(c, carry, k=k, v=v, lo=lo, hi=hi, kc=kc, sh=sh, bi=bi):
       dq, dk, dv = carry
-      start = c * kc
-      kb = shift_groups(jax.lax.dynamic_slice_in_dim(k, start, kc, 2), sh)
-      vb = shift_groups(jax.lax.dynamic_slice_in_dim(v, start, kc, 2), sh)
-      s, t = _scores(qs, kb, cap, bi)
-      mask = part_mask(lo, hi, start, kc, sh)[None, :, None, None]
+      start, kb, vb, s, t, mask = _tile(qs, k, v, lo, hi, c, kc, sh, cap, bi)
       p = jnp.where(mask, jnp.exp(s - lse[..., None]), 0.0)
       dv_c = jnp.einsum("bGkgqc,bGqkgd->bGckd", p.astype(do.dtype), do,
                         preferred_element_type=F32)
