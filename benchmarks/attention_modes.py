@@ -125,23 +125,18 @@ def main(argv=None):
                             or None,
     }
   print(json.dumps(summary, indent=1))
-  os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-  with open(args.out, "w") as fh:
-    json.dump({"config": {"d_model": 256, "layers": 4, "heads": 4, "ffn": 1024,
-                          "block_size": 512, "memory_segments": 1,
-                          "fam_length": 32, "batch": 1, "dtype": "float32",
-                          "remat": args.remat, "repeats": args.repeats},
-               "machine": plotting.machine(),
-               "seconds": seconds, "temp_bytes": temp, "summary": summary},
-              fh, indent=1)
-  png = os.path.splitext(args.out)[0] + ".png"
-  plotting.line_panels(png, [
-      ("forward+backward step (s)", seconds, True),
-      ("compiled temporaries (GiB)",
-       {n: {t: b / 2**30 for t, b in d.items()} for n, d in temp.items()}, True)],
+  plotting.save_results(
+      args.out,
+      {"d_model": 256, "layers": 4, "heads": 4, "ffn": 1024, "block_size": 512,
+       "memory_segments": 1, "fam_length": 32, "batch": 1, "dtype": "float32",
+       "remat": args.remat, "repeats": args.repeats},
+      {"seconds": seconds, "temp_bytes": temp, "summary": summary},
+      [("forward+backward step (s)", seconds, True),
+       ("compiled temporaries (GiB)",
+        {n: {t: b / 2**30 for t, b in d.items()} for n, d in temp.items()},
+        True)],
       title="famjax attention modes / implementations (d=256, L=4, B=512, "
             "m=1, F=32, f32, CPU)")
-  print(f"wrote {args.out} and {png}")
   return 0
 
 

@@ -83,22 +83,18 @@ def main(argv=None):
         c: (fam[c] / full[c] if c in fam and c in full else None)
         for c in contexts}}
   print(json.dumps(summary, indent=1))
-  os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-  with open(args.out, "w") as fh:
-    json.dump({"config": {"d_model": 256, "layers": 4, "heads": 4,
-                          "block_size": 512, "memory_segments": 1,
-                          "fam_length": 32, "batch": 1, "dtype": "float32",
-                          "tokens": args.tokens},
-               "machine": plotting.machine(),
-               "tokens_per_s": tok_s, "state_bytes": sizes, "summary": summary},
-              fh, indent=1)
-  png = os.path.splitext(args.out)[0] + ".png"
-  plotting.line_panels(png, [
-      ("decode tokens/s", tok_s, False),
-      ("decoding state (MiB)",
-       {n: {c: b / 2**20 for c, b in d.items()} for n, d in sizes.items()}, True)],
-      title="famjax single-token decoding (d=256, L=4, B=512, m=1, F=32, f32, CPU)")
-  print(f"wrote {args.out} and {png}")
+  plotting.save_results(
+      args.out,
+      {"d_model": 256, "layers": 4, "heads": 4, "block_size": 512,
+       "memory_segments": 1, "fam_length": 32, "batch": 1, "dtype": "float32",
+       "tokens": args.tokens},
+      {"tokens_per_s": tok_s, "state_bytes": sizes, "summary": summary},
+      [("decode tokens/s", tok_s, False),
+       ("decoding state (MiB)",
+        {n: {c: b / 2**20 for c, b in d.items()} for n, d in sizes.items()},
+        True)],
+      title="famjax single-token decoding (d=256, L=4, B=512, m=1, F=32, "
+            "f32, CPU)")
   return 0
 
 

@@ -66,3 +66,16 @@ def bar_panels(path, panels, title=""):
     ax.set_ylabel(ylabel)
     ax.grid(True, axis="y", alpha=0.3)
   _save(fig, path, title)
+
+
+def save_results(out, config: dict, results: dict, panels, title: str):
+  """Write `out` (JSON: config, machine, results) and a line-panel PNG
+  beside it; prints both paths."""
+  import json
+  os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+  with open(out, "w") as fh:
+    json.dump({"config": config, "machine": machine(), **results}, fh,
+              indent=1)
+  png = os.path.splitext(out)[0] + ".png"
+  line_panels(png, panels, title=title)
+  print(f"wrote {out} and {png}")
