@@ -75,7 +75,7 @@ def main(argv=None):
   ap.add_argument("--time_lengths", default="2048,4096,8192,16384,32768",
                   help="lengths that are also timed (others: memory only)")
   ap.add_argument("--modes", default="full,bswa,fam")
-  ap.add_argument("--impls", default="xla,chunked")
+  ap.add_argument("--impls", default="xla,chunked,auto")
   ap.add_argument("--max_full_len", type=int, default=8192)
   ap.add_argument("--max_xla_time_len", type=int, default=8192,
                   help="longer xla steps are compiled (memory) but not run: "

@@ -137,7 +137,7 @@ def bench(pairs, args):
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--modes", default="fam,bswa,full")
-  ap.add_argument("--impls", default="chunked,xla")
+  ap.add_argument("--impls", default="auto,chunked,xla")
   ap.add_argument("--steps", type=int, default=5)
   ap.add_argument("--batch", type=int, default=4)
   ap.add_argument("--seq", type=int, default=1024)

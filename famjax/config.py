@@ -40,8 +40,8 @@ class AttentionConfig:
     (famjax/kernels): "xla" (explicit mask, whole score matrix), "chunked"
     (online softmax over key chunks, never stores scores), "splash" (Pallas
     TPU kernel), "cudnn" (jax.nn.dot_product_attention) or "auto" (chunked
-    on CPU, splash on TPU, cudnn on GPU; xla for a single-query decoding
-    step, whose score row is tiny).
+    on CPU, splash on TPU, cudnn on GPU; xla where the scores of one
+    sequence and head are few: a decoding step, the FAM rows' pass).
   attention_chunk: query and key chunk of "chunked": its loops visit one
     [chunk x chunk] tile of scores per block and head at a time.
   fam_logit_bias: None (default, the rules of docs/fam.md) or a constant

@@ -126,10 +126,12 @@ def test_auto_and_unknown_impl():
     llama_cfg("fam").with_attention(attention_chunk=0).validate()
 
 
-def test_auto_is_xla_for_one_decoding_step(monkeypatch):
-  """`auto` takes the platform default, except for a single query (a decoding
-  step), which uses `xla`; both give the same numbers."""
+def test_auto_is_xla_for_small_score_tensors(monkeypatch):
+  """`auto` takes the platform default, except for a score tensor of at most
+  SMALL_SCORES entries per sequence and head (a decoding step, a FAM pass),
+  which uses `xla`; both give the same numbers."""
   from famjax.kernels import chunked, xla
+  monkeypatch.setattr(kernels, "SMALL_SCORES", 20)    # 7 keys: 2 queries fit
   used = []
   for mod, name in ((xla, "xla"), (chunked, "chunked")):
     real = mod.attend
@@ -137,7 +139,7 @@ def test_auto_is_xla_for_one_decoding_step(monkeypatch):
         used.append(_n), _r(*a, **k))[1])
   r = np.random.RandomState(0)
   k, v = (jnp.asarray(r.randn(1, 1, 7, 2, 4), jnp.float32) for _ in range(2))
-  for nq, want in ((1, "xla"), (3, "chunked")):
+  for nq, want in ((1, "xla"), (2, "xla"), (3, "chunked")):
     q = jnp.asarray(r.randn(1, 1, nq, 2, 4), jnp.float32)
     parts = [kernels.KeyPart(k, v, 0, 6)]
     used.clear()

@@ -48,6 +48,9 @@ class Family:
 FAMILIES: Dict[str, Family] = {
     "passkey": Family(needles.passkey, eval_metrics.needle_accuracy, 5,
                       uses_depth=True),
+    # One-digit keys 1-9 (the from-scratch byte models of docs/results.md).
+    "passkey1": Family(needles.passkey, eval_metrics.needle_accuracy, 1,
+                       uses_depth=True, kwargs=(("key_digits", 1),)),
     "niah_single_noise": Family(needles.niah, eval_metrics.needle_accuracy,
                                 7, uses_depth=True),
     "niah_single_book": Family(needles.niah, eval_metrics.needle_accuracy,

@@ -164,9 +164,11 @@ def _keys(rng, n: int) -> List[str]:
 
 
 # ------------------------------------------------------------------ PassKey
-def passkey(rng, ctx: Context, *, depth: float) -> Example:
-  """PassKey in the paper's format: a 5-digit key at `depth` in the filler."""
-  key = _digits(rng, 5)
+def passkey(rng, ctx: Context, *, depth: float, key_digits: int = 5
+            ) -> Example:
+  """PassKey in the paper's format: a 5-digit key (key_digits) at `depth` in
+  the filler (which has no digits: a one-digit key is the only digit)."""
+  key = _digits(rng, key_digits)
   needle = synthetic.PASSKEY_NEEDLE.format(key=key)
   text = haystack_prompt(rng, ctx, head=synthetic.INTRO,
                          tail=synthetic.PASSKEY_QUESTION, needles=[needle],

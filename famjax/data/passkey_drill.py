@@ -108,3 +108,51 @@ tasks.register_synthetic_task(
 tasks.register_synthetic_task(
     "digit_drill_long_byte", get_vocabulary("byte"),
     generator=passkey_drill_example, key_digits=1, intro=False, max_gap=30)
+
+
+def digit_recall_example(index: int, *, num_chars: int = 1024, seed: int = 0,
+                         split: str = "train", max_lead: int = 8,
+                         max_gap: int = 14) -> Dict[str, str]:
+  """One one-digit needle, then the same question asked again and again.
+
+  0..max_lead filler sentences, the needle, then rounds of 0..max_gap filler
+  sentences, the question and its answer (always the needle's key); the last
+  question's answer is the "targets" and its gap takes whatever still fits.
+  Every digit in the sequence is the key, so a block without one answers its
+  first question only from what the FAM carried in; later questions of that
+  block can copy the previous answer. With gaps near one block, about half the
+  answers need the FAM: a dense signal for carrying one fact across blocks,
+  with nothing to tell apart (no "which digit is the most recent").
+  """
+  rng = synthetic.example_rng(index, seed, split)
+  key = str(rng.randint(1, 10))
+  question = synthetic.PASSKEY_QUESTION
+  answer = key + ". "
+
+  def sentences(n):
+    return [synthetic.FILLER[int(j)]
+            for j in rng.randint(0, len(synthetic.FILLER), int(n))]
+
+  parts = sentences(rng.randint(0, max_lead + 1))
+  parts.append(synthetic.PASSKEY_NEEDLE.format(key=key))
+  used = sum(map(len, parts)) + len(question)
+  if used > num_chars:
+    raise ValueError(f"num_chars={num_chars} is too short for this task: it "
+                     f"needs at least {used} characters.")
+  while True:
+    gap = sentences(rng.randint(0, max_gap + 1))
+    size = sum(map(len, gap)) + len(question) + len(answer)
+    if used + size > num_chars:
+      break
+    parts += gap + [question, answer]
+    used += size
+  parts += synthetic._filler_sentences(num_chars - used)  # pylint: disable=protected-access
+  parts.append(question)
+  return {"inputs": "".join(parts), "targets": key}
+
+
+synthetic.GENERATORS.setdefault("digit_recall", digit_recall_example)
+# One one-digit key, asked for again and again (stage 3 of the one-digit
+# curriculum: carry one fact through the FAM across blocks).
+tasks.register_synthetic_task("digit_recall_byte", get_vocabulary("byte"),
+                              generator=digit_recall_example)

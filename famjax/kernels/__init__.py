@@ -29,8 +29,10 @@ Implementations (`AttentionConfig.attention_impl`):
            GPU, its XLA path elsewhere (kernels/cudnn.py). GPU default.
   splash   Pallas splash attention (kernels/splash.py). TPU default.
   auto     the default of the platform `jax.default_backend()` names, except
-           for a single query (one decoding step), where the whole score row
-           is tiny and `xla` is the fastest everywhere.
+           where the whole score tensor of one (sequence, head) is small
+           (at most SMALL_SCORES: one decoding step, the FAM rows' pass of one
+           block, the initial-FAM prompt pass). There `xla` is the fastest
+           everywhere and its scores cost no more memory than one chunk.
 """
 from __future__ import annotations
 
@@ -43,6 +45,9 @@ import numpy as np
 
 NEG_INF = -0.7 * float(np.finfo(np.float32).max)
 IMPLS = ("xla", "chunked", "splash", "cudnn", "auto")
+# `auto` runs `xla` when G * Q * (keys) of one sequence and head is at most
+# this: e.g. F = 64 FAM queries over F + B = 1088 keys (B = 1024).
+SMALL_SCORES = 1 << 17
 PLATFORM_DEFAULT = {"cpu": "chunked", "tpu": "splash", "gpu": "cudnn",
                     "cuda": "cudnn", "rocm": "cudnn"}
 
@@ -124,11 +129,12 @@ def part_mask(lo, hi, start, size: int, shift: int):
 def attend(q, parts: Sequence[KeyPart], *, impl: str, scale: float,
            softcap: Optional[float] = None, chunk: int = 128):
   """Attention of q [b, G, Q, H, D] over `parts`; [b, G, Q, H, D] in q's dtype."""
-  if impl == "auto" and q.shape[1] * q.shape[2] == 1:
-    impl = "xla"                     # one decoding step: one row of scores
-  impl = resolve(impl)
   parts = [p for p in parts
            if p.shift < q.shape[1] and p.k.shape[2] > 0 and not dropped(p)]
+  if impl == "auto" and q.shape[1] * q.shape[2] * sum(
+      p.k.shape[2] for p in parts) <= SMALL_SCORES:
+    impl = "xla"                     # a small score tensor: one tile
+  impl = resolve(impl)
   if impl == "chunked":
     from famjax.kernels import chunked
     return chunked.attend(q, parts, scale=scale, softcap=softcap, chunk=chunk)
