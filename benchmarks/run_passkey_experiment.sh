@@ -45,6 +45,22 @@ run_until gin/experiments/passkey_digit_s2_b256.gin "$ROOT/digit_s2_b256_b" \
   "$STOP2" --gin.LOAD_PARAMS_FROM="$ROOT/digit_s2_b256/export" \
   --gin.train.num_steps=800
 
+# Stage 3: `digit_recall_byte` at 1024 bytes (r1 of docs/results.md): does
+# the FAM carry the key? 800 steps.
+famjax train --gin_file=gin/experiments/passkey_digit_s3_recall.gin \
+  --gin.MODEL_DIR="$ROOT/digit_s3_recall" \
+  --gin.LOAD_PARAMS_FROM="$ROOT/digit_s2_b256_b/export"
+
+# Scoring: in-block vs memory answers, and the FAM write probe.
+python -m benchmarks.passkey_carry --model_dir="$ROOT/digit_s2_b256_b/export" \
+  --lengths=1024,4096 --out="$OUT/passkey_carry_fam_b256.json"
+python -m benchmarks.passkey_carry --model_dir="$ROOT/digit_s3_recall/export" \
+  --lengths=1024,4096 --out="$OUT/passkey_carry_recall_r1.json"
+# famjax eval on the one-digit PassKey family, 1k-64k.
+famjax eval --gin_file=gin/runs/eval.gin \
+  --gin.MODEL_DIR="$ROOT/digit_s2_b256_b/export" \
+  --gin.MIXTURE_OR_TASK_NAME=passkey1_byte --gin.eval.max_examples=20
+
 # Scoring: exact match by length (1x..64x of 512 bytes) x 5 needle depths,
 # 4 keys per cell.
 score() { python -m benchmarks.passkey_lengths --out_dir="$OUT" \
