@@ -16,10 +16,12 @@ import sys
 
 import numpy as np
 
+from benchmarks import passkey_lengths
+
 
 def prompt_rows(text: str, f: int, embedding) -> np.ndarray:
   """[f, d]: embeddings of the last f byte tokens of `text` (repeated)."""
-  ids = [b + 3 for b in text.encode("utf-8")]
+  ids = passkey_lengths.byte_ids(text)
   if not ids:
     raise ValueError("--text is empty")
   ids = (ids * (f // len(ids) + 1))[-f:]

@@ -35,6 +35,7 @@ from typing import List, Tuple
 
 import numpy as np
 
+from benchmarks import passkey_lengths
 from famjax.data import synthetic
 
 DIGITS = frozenset("0123456789")
@@ -66,9 +67,8 @@ def answer_sites(text: str, block_size: int) -> List[Tuple[int, int]]:
 
 
 def byte_ids(text: str) -> np.ndarray:
-  """BOS (0), then seqio.ByteVocabulary ids (byte + 3)."""
-  return np.concatenate([[0], np.frombuffer(text.encode("utf-8"), np.uint8)
-                         .astype(np.int32) + 3])
+  """BOS (0), then the byte ids of `passkey_lengths.byte_ids`."""
+  return np.asarray([0] + passkey_lengths.byte_ids(text), np.int32)
 
 
 def score(forward, texts, block_size: int) -> dict:

@@ -18,6 +18,12 @@ from famjax.data import synthetic, tasks
 from famjax.data.vocab import get_vocabulary
 
 
+def _random_sentences(rng, n) -> list:
+  """n filler sentences drawn uniformly from synthetic.FILLER."""
+  return [synthetic.FILLER[int(j)]
+          for j in rng.randint(0, len(synthetic.FILLER), int(n))]
+
+
 def passkey_drill_example(index: int, *, num_chars: int = 512, seed: int = 0,
                           split: str = "train", max_gap: int = 4,
                           key_digits: int = 5,
@@ -36,8 +42,7 @@ def passkey_drill_example(index: int, *, num_chars: int = 512, seed: int = 0,
   rounds = []                                 # (key, gap sentences)
   while True:
     key = str(rng.randint(10 ** (key_digits - 1), 10 ** key_digits))
-    gap = [synthetic.FILLER[int(j)] for j in
-           rng.randint(0, len(synthetic.FILLER), int(rng.randint(0, max_gap + 1)))]
+    gap = _random_sentences(rng, rng.randint(0, max_gap + 1))
     size = len(needle.format(key=key)) + sum(map(len, gap)) + len(question)
     extra = (len(rounds[-1][0]) + 2) if rounds else 0      # previous answer
     if rounds and fixed + extra + size > num_chars:
@@ -129,18 +134,14 @@ def digit_recall_example(index: int, *, num_chars: int = 1024, seed: int = 0,
   question = synthetic.PASSKEY_QUESTION
   answer = key + ". "
 
-  def sentences(n):
-    return [synthetic.FILLER[int(j)]
-            for j in rng.randint(0, len(synthetic.FILLER), int(n))]
-
-  parts = sentences(rng.randint(0, max_lead + 1))
+  parts = _random_sentences(rng, rng.randint(0, max_lead + 1))
   parts.append(synthetic.PASSKEY_NEEDLE.format(key=key))
   used = sum(map(len, parts)) + len(question)
   if used > num_chars:
     raise ValueError(f"num_chars={num_chars} is too short for this task: it "
                      f"needs at least {used} characters.")
   while True:
-    gap = sentences(rng.randint(0, max_gap + 1))
+    gap = _random_sentences(rng, rng.randint(0, max_gap + 1))
     size = sum(map(len, gap)) + len(question) + len(answer)
     if used + size > num_chars:
       break
