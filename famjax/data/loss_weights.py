@@ -69,3 +69,79 @@ def weighted_iterator(task_name: str, split: str, *, input_weight: float = 1.0,
   if split not in tuple(splits):
     return it
   return WeightedIterator(it, input_weight, target_weight)
+
+
+# ------------------------------------------------- answers only memory gives
+def memory_answers(inputs, targets, block_size: int, token_ids) -> np.ndarray:
+  """[b, T] bool: targets in `token_ids` (e.g. the digits) whose block holds
+  none of those tokens among the inputs up to that position, while an
+  earlier block does (the first such token of a sequence, the needle, has
+  nothing to recall).
+
+  Position t predicts targets[t] from inputs[.. t]; its block is t //
+  block_size. With m = 0 memory segments, such a target can come from
+  earlier blocks only through the FAM (a PassKey answer in a block the
+  needle and earlier answers are not in).
+  """
+  ids = np.asarray(list(token_ids))
+  b, t = inputs.shape
+  n = -(-t // block_size)
+  pad = n * block_size - t
+  hit = np.isin(inputs, ids)
+  seen = np.pad(hit, ((0, 0), (0, pad)))
+  seen = np.cumsum(seen.reshape(b, n, block_size), axis=-1).reshape(b, -1)
+  before = np.cumsum(hit, axis=-1) > 0
+  return np.isin(targets, ids) & (seen[:, :t] == 0) & before
+
+
+def memory_reweight(batch: dict, block_size: int, token_ids,
+                    memory_weight: float, token_weight: float,
+                    input_weight: float) -> dict:
+  """Weights: `memory_weight` on `memory_answers`, `token_weight` on the
+  other targets in `token_ids`, `input_weight` on every other real token."""
+  inputs, targets = batch["decoder_input_tokens"], batch[TARGETS]
+  mem = memory_answers(inputs, targets, block_size, token_ids)
+  tok = np.isin(targets, np.asarray(list(token_ids)))
+  new = np.where(mem, np.float32(memory_weight),
+                 np.where(tok, np.float32(token_weight),
+                          np.where(targets != 0, np.float32(input_weight),
+                                   np.float32(0))))
+  return dict(batch, **{WEIGHTS: new.astype(np.float32)})
+
+
+class MemoryWeightedIterator(WeightedIterator):
+  """A data iterator whose batches `memory_reweight` reweights."""
+
+  def __init__(self, it, **kw):  # pylint: disable=super-init-not-called
+    self._it = it
+    self._kw = kw
+
+  def __next__(self):
+    return memory_reweight(next(self._it), **self._kw)
+
+
+@gin.configurable
+def memory_weighted_iterator(task_name: str, split: str, *,
+                             block_size: int = gin.REQUIRED,
+                             tokens: str = "0123456789",
+                             memory_weight: float = 1.0,
+                             token_weight: float = 0.1,
+                             input_weight: float = 0.01,
+                             splits: Sequence[str] = ("train",), **kwargs):
+  """`make_iterator(task_name, split, **kwargs)` with the loss on the answers
+  only the FAM can give (`memory_answers` of the characters `tokens` in the
+  byte vocabulary), on `splits`."""
+  if min(memory_weight, token_weight, input_weight) < 0:
+    raise ValueError("memory_weighted_iterator: weights must be >= 0.")
+  if not isinstance(block_size, int) or block_size <= 0:
+    raise ValueError(f"memory_weighted_iterator.block_size={block_size!r} must "
+                     "be a positive integer (the run's block size).")
+  from famjax.data.vocab import get_vocabulary
+  ids = tuple(get_vocabulary("byte").encode(tokens))
+  it = pipeline.make_iterator(task_name, split, **kwargs)
+  if split not in tuple(splits):
+    return it
+  return MemoryWeightedIterator(it, block_size=block_size, token_ids=ids,
+                                memory_weight=memory_weight,
+                                token_weight=token_weight,
+                                input_weight=input_weight)
