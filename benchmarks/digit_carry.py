@@ -1,0 +1,220 @@
+"""PassKey in miniature, token level, from scratch: can the FAM carry one
+digit across blocks, and how far past the training length?
+
+    python -m benchmarks.digit_carry --mode fam --out benchmarks/results/digit_carry_fam.json
+
+Vocabulary of 16 tokens: digits 0-9, the question token 11, filler 12-15
+(random). A sequence is `blocks` blocks of B tokens. m = 0 memory segments:
+a block sees only itself and the FAM, so anything from an earlier block can
+only come through the FAM (in `bswa` with m = 0: not at all, chance is 10%).
+
+Training runs famjax's own train step (`famjax.train.trainer`: microbatch
+scan, Random State Passing, Random Position Offset, AdamW) in two phases:
+  dense  the digit in block 0 and, in every later block, the question
+         followed by the digit (the loss on those answers): each block must
+         read the FAM and re-carry what the previous one held;
+  far    the digit in a random block, one question in the last block and
+         nothing in between: the FAM must hold the digit over up to
+         blocks - 1 updates of filler.
+Evaluation: `far` sequences of 1x to 64x the training blocks, the needle at
+depth 0, 0.5 and 1 (block 0, the middle block, the block before the
+question); accuracy = argmax of the answer (greedy decoding).
+Writes JSON (per length x depth accuracy, the loss curve) and a heatmap PNG.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+
+QUESTION, FILLER_LO, VOCAB = 11, 12, 16
+
+
+def dense_batch(rng, n, blocks, block):
+  """Digit in block 0; in every later block the question and the digit."""
+  t = blocks * block
+  toks = rng.randint(FILLER_LO, VOCAB, (n, t + 1))
+  rows = np.arange(n)
+  digit = rng.randint(0, 10, n)
+  toks[rows, rng.randint(0, block - 1, n)] = digit
+  w = np.zeros((n, t), np.float32)
+  for b in range(1, blocks):
+    q = b * block + rng.randint(0, block - 2, n)
+    toks[rows, q] = QUESTION
+    toks[rows, q + 1] = digit
+    w[rows, q] = 1.0
+  return toks, w
+
+
+def far_batch(rng, n, blocks, block, depth=None):
+  """Digit in block round(depth * (blocks - 2)) (random when depth is None),
+  one question in the last block."""
+  t = blocks * block
+  toks = rng.randint(FILLER_LO, VOCAB, (n, t + 1))
+  rows = np.arange(n)
+  digit = rng.randint(0, 10, n)
+  needle_block = (rng.randint(0, blocks - 1, n) if depth is None
+                  else np.full(n, int(round(depth * (blocks - 2)))))
+  toks[rows, needle_block * block + rng.randint(0, block - 1, n)] = digit
+  q = (blocks - 1) * block + rng.randint(0, block - 2, n)
+  toks[rows, q] = QUESTION
+  toks[rows, q + 1] = digit
+  w = np.zeros((n, t), np.float32)
+  w[rows, q] = 1.0
+  return toks, w
+
+
+def as_batch(toks, w):
+  return {"decoder_input_tokens": toks[:, :-1],
+          "decoder_target_tokens": toks[:, 1:], "decoder_loss_weights": w}
+
+
+def build(args):
+  from flax import nnx
+  from famjax import ModelConfig, Transformer
+  from famjax.config import AttentionConfig
+  cfg = ModelConfig(
+      vocab_size=VOCAB, d_model=args.d_model, num_layers=args.layers,
+      num_heads=args.heads, num_kv_heads=args.heads,
+      head_dim=args.d_model // args.heads, ffn_dim=2 * args.d_model,
+      attention=AttentionConfig(mode=args.mode, block_size=args.block,
+                                memory_segments=args.memory,
+                                fam_length=args.fam_length))
+  return Transformer(cfg, rngs=nnx.Rngs(args.seed))
+
+
+def train(model, args, log):
+  import jax
+  import optax
+  from flax import nnx
+  from famjax.train import trainer
+  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  keys = trainer.trainable_keys(params, "all")
+  sched = optax.constant_schedule(args.lr)
+  tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched))
+  cfg = trainer.StepConfig(p_rsp=args.p_rsp if args.mode == "fam" else 0.0,
+                           random_position_offset=bool(args.rpo))
+  state = trainer.init_state(model, tx, keys, seed=args.seed)
+  step = trainer.make_train_step(model, tx, sched, keys, cfg)
+  rng = np.random.RandomState(args.seed)
+  curve, t0 = [], time.time()
+  for s in range(args.dense_steps + args.far_steps):
+    dense = s < args.dense_steps
+    make = dense_batch if dense else far_batch
+    state, m = step(state, as_batch(*make(rng, args.batch, args.blocks,
+                                          args.block)))
+    if s % args.log_every == 0 or s == args.dense_steps + args.far_steps - 1:
+      m = jax.device_get(m)
+      curve.append([s, "dense" if dense else "far", float(m["loss"]),
+                    float(m["accuracy"])])
+      log(f"{args.mode} step {s} ({curve[-1][1]}) loss {curve[-1][2]:.4f} "
+          f"acc {curve[-1][3]:.3f} {time.time() - t0:.0f}s")
+  return state["params"], curve, time.time() - t0
+
+
+def scorer(model):
+  """jit (params, tokens [n, T+1], weights [n, T]) -> weighted accuracy of
+  the argmax (initial FAM, no position offset)."""
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+  graphdef, _, rest = nnx.split(model, nnx.Param, ...)
+
+  @jax.jit
+  def correct(p, toks, w):
+    logits = nnx.merge(graphdef, p, rest)(toks[:, :-1])
+    ok = jnp.argmax(logits, -1) == toks[:, 1:]
+    return jnp.sum(ok * w) / jnp.sum(w)
+
+  return correct
+
+
+def evaluate(model, params, args):
+  """{blocks: {depth: accuracy}} of far sequences, initial FAM, no offset."""
+  correct = scorer(model)
+  out = {}
+  for mult in [int(x) for x in args.eval_mults.split(",")]:
+    blocks = args.blocks * mult
+    rng = np.random.RandomState(1000 + blocks)
+    out[str(blocks)] = {}
+    for depth in (0.0, 0.5, 1.0):
+      accs = []
+      for _ in range(max(1, args.eval_samples // args.eval_batch)):
+        toks, w = far_batch(rng, args.eval_batch, blocks, args.block, depth)
+        accs.append(float(correct(params, toks, w)))
+      out[str(blocks)][str(depth)] = float(np.mean(accs))
+  return out
+
+
+def heatmap(path, res, title):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  from benchmarks import plotting
+  lengths = list(res)
+  depths = list(res[lengths[0]])
+  grid = np.array([[res[l][d] for l in lengths] for d in depths])
+  fig, ax = plt.subplots(figsize=(1.1 * len(lengths) + 2, 3))
+  ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", origin="lower",
+            aspect="auto")
+  for i in range(len(depths)):
+    for j in range(len(lengths)):
+      ax.text(j, i, f"{grid[i, j]:.0%}", ha="center", va="center", fontsize=8)
+  ax.set_xticks(range(len(lengths)), lengths)
+  ax.set_yticks(range(len(depths)), depths)
+  ax.set_xlabel("sequence length (blocks)")
+  ax.set_ylabel("needle depth")
+  plotting._save(fig, path, title)  # pylint: disable=protected-access
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--mode", default="fam", choices=("fam", "bswa"))
+  p.add_argument("--block", type=int, default=16)
+  p.add_argument("--memory", type=int, default=0)
+  p.add_argument("--fam_length", type=int, default=4)
+  p.add_argument("--blocks", type=int, default=8,
+                 help="blocks per training sequence")
+  p.add_argument("--d_model", type=int, default=64)
+  p.add_argument("--layers", type=int, default=2)
+  p.add_argument("--heads", type=int, default=4)
+  p.add_argument("--batch", type=int, default=32)
+  p.add_argument("--lr", type=float, default=3e-3)
+  p.add_argument("--dense_steps", type=int, default=300)
+  p.add_argument("--far_steps", type=int, default=600)
+  p.add_argument("--p_rsp", type=float, default=0.0)
+  p.add_argument("--rpo", type=int, default=1)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--eval_mults", default="1,2,4,8,16,32,64")
+  p.add_argument("--eval_samples", type=int, default=64)
+  p.add_argument("--eval_batch", type=int, default=32)
+  p.add_argument("--log_every", type=int, default=50)
+  p.add_argument("--out", default=None)
+  args = p.parse_args(argv)
+
+  def log(msg):
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+  model = build(args)
+  params, curve, train_s = train(model, args, log)
+  res = evaluate(model, params, args)
+  for blocks, row in res.items():
+    log(f"{args.mode} {blocks} blocks: " +
+        " ".join(f"depth {d}: {a:.0%}" for d, a in row.items()))
+  if args.out:
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as fh:
+      json.dump({"args": vars(args), "train_s": round(train_s, 1),
+                 "curve": curve, "accuracy": res}, fh, indent=1)
+    heatmap(os.path.splitext(args.out)[0] + ".png", res,
+            f"digit carry, {args.mode}: trained on {args.blocks} blocks of "
+            f"{args.block}")
+    log(f"wrote {args.out}")
+  return res
+
+
+if __name__ == "__main__":
+  main()
