@@ -15,7 +15,9 @@ scan, Random State Passing, Random Position Offset, AdamW) in two phases:
          read the FAM and re-carry what the previous one held;
   far    the digit in a random block, one question in the last block and
          nothing in between: the FAM must hold the digit over up to
-         blocks - 1 updates of filler.
+         blocks - 1 updates of filler;
+  far2   (optional, --far2_steps) `far` at --far2_blocks blocks: a length
+         curriculum.
 Evaluation: `far` sequences of 1x to 64x the training blocks, the needle at
 depth 0, 0.5 and 1 (block 0, the middle block, the block before the
 question); accuracy = argmax of the answer (greedy decoding).
@@ -101,16 +103,22 @@ def train(model, args, log):
   step = trainer.make_train_step(model, tx, sched, keys, cfg)
   rng = np.random.RandomState(args.seed)
   curve, t0 = [], time.time()
-  for s in range(args.dense_steps + args.far_steps):
-    dense = s < args.dense_steps
-    make = dense_batch if dense else far_batch
-    state, m = step(state, as_batch(*make(rng, args.batch, args.blocks,
-                                          args.block)))
-    if s % args.log_every == 0 or s == args.dense_steps + args.far_steps - 1:
+  far2 = getattr(args, "far2_steps", 0)
+  total = args.dense_steps + args.far_steps + far2
+  for s in range(total):
+    if s < args.dense_steps:
+      phase, toks = "dense", dense_batch(rng, args.batch, args.blocks,
+                                         args.block)
+    elif s < args.dense_steps + args.far_steps:
+      phase, toks = "far", far_batch(rng, args.batch, args.blocks, args.block)
+    else:
+      phase, toks = "far2", far_batch(rng, args.batch, args.far2_blocks,
+                                      args.block)
+    state, m = step(state, as_batch(*toks))
+    if s % args.log_every == 0 or s == total - 1:
       m = jax.device_get(m)
-      curve.append([s, "dense" if dense else "far", float(m["loss"]),
-                    float(m["accuracy"])])
-      log(f"{args.mode} step {s} ({curve[-1][1]}) loss {curve[-1][2]:.4f} "
+      curve.append([s, phase, float(m["loss"]), float(m["accuracy"])])
+      log(f"{args.mode} step {s} ({phase}) loss {curve[-1][2]:.4f} "
           f"acc {curve[-1][3]:.3f} {time.time() - t0:.0f}s")
   return state["params"], curve, time.time() - t0
 
@@ -185,6 +193,9 @@ def main(argv=None):
   p.add_argument("--lr", type=float, default=3e-3)
   p.add_argument("--dense_steps", type=int, default=300)
   p.add_argument("--far_steps", type=int, default=600)
+  p.add_argument("--far2_steps", type=int, default=0,
+                 help="a third phase: `far` at --far2_blocks blocks")
+  p.add_argument("--far2_blocks", type=int, default=32)
   p.add_argument("--p_rsp", type=float, default=0.0)
   p.add_argument("--rpo", type=int, default=1)
   p.add_argument("--seed", type=int, default=0)
