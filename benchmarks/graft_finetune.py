@@ -513,8 +513,9 @@ def report(args):
         continue
       e = rec[when]
       nll = {k: math.log(v) for k, v in e["ppl_buckets"].items()}
-      lo = lambda a, b: float(np.exp(np.mean(
-          [v for k, v in nll.items() if a <= int(k.split("-")[0]) < b]) or np.nan))
+      def lo(a, b):
+        vals = [v for k, v in nll.items() if a <= int(k.split("-")[0]) < b]
+        return float(np.exp(np.mean(vals))) if vals else None
       pk = " / ".join(f"{v:.0%}" for _, v in sorted(
           e.get("passkey_by_length", {}).items(), key=lambda kv: int(kv[0])))
       lines.append(
