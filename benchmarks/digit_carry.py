@@ -17,7 +17,7 @@ scan, Random State Passing, Random Position Offset, AdamW) in two phases:
          nothing in between: the FAM must hold the digit over up to
          blocks - 1 updates of filler;
   far2   (optional, --far2_steps) `far` at --far2_blocks blocks: a length
-         curriculum.
+         curriculum (--far2_mix 1: alternating with `far` batches).
 Evaluation: `far` sequences of 1x to 64x the training blocks, the needle at
 depth 0, 0.5 and 1 (block 0, the middle block, the block before the
 question); accuracy = argmax of the answer (greedy decoding).
@@ -111,6 +111,8 @@ def train(model, args, log):
                                          args.block)
     elif s < args.dense_steps + args.far_steps:
       phase, toks = "far", far_batch(rng, args.batch, args.blocks, args.block)
+    elif getattr(args, "far2_mix", 0) and s % 2 == 0:
+      phase, toks = "far2", far_batch(rng, args.batch, args.blocks, args.block)
     else:
       phase, toks = "far2", far_batch(rng, args.batch, args.far2_blocks,
                                       args.block)
@@ -196,6 +198,8 @@ def main(argv=None):
   p.add_argument("--far2_steps", type=int, default=0,
                  help="a third phase: `far` at --far2_blocks blocks")
   p.add_argument("--far2_blocks", type=int, default=32)
+  p.add_argument("--far2_mix", type=int, default=0,
+                 help="1: every other far2 step is an ordinary `far` batch")
   p.add_argument("--p_rsp", type=float, default=0.0)
   p.add_argument("--rpo", type=int, default=1)
   p.add_argument("--seed", type=int, default=0)
