@@ -159,7 +159,16 @@ def evaluate(model, params, args):
   return out
 
 
-def heatmap(path, res, title):
+def title(args) -> str:
+  t = f"digit carry, {args.mode}: trained on {args.blocks} blocks of {args.block}"
+  if getattr(args, "far2_steps", 0):
+    mix = '8/' if getattr(args, 'far2_mix', 0) else ''
+    t += (f", then {mix}{args.far2_blocks} blocks"
+          f" (lr {args.lr:g})")
+  return t
+
+
+def heatmap(path, res, title):  # pylint: disable=redefined-outer-name
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -224,9 +233,7 @@ def main(argv=None):
     with open(args.out, "w") as fh:
       json.dump({"args": vars(args), "train_s": round(train_s, 1),
                  "curve": curve, "accuracy": res}, fh, indent=1)
-    heatmap(os.path.splitext(args.out)[0] + ".png", res,
-            f"digit carry, {args.mode}: trained on {args.blocks} blocks of "
-            f"{args.block}")
+    heatmap(os.path.splitext(args.out)[0] + ".png", res, title(args))
     log(f"wrote {args.out}")
   return res
 
