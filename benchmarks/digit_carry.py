@@ -91,9 +91,9 @@ def build(args):
 def train(model, args, log):
   import jax
   import optax
-  from flax import nnx
+  from famjax import params_io
   from famjax.train import trainer
-  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  params = params_io.params_dict(model)
   keys = trainer.trainable_keys(params, "all")
   sched = optax.constant_schedule(args.lr)
   tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched))
@@ -168,7 +168,7 @@ def title(args) -> str:
   return t
 
 
-def heatmap(path, res, title):  # pylint: disable=redefined-outer-name
+def heatmap(path, res, caption):
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -186,7 +186,7 @@ def heatmap(path, res, title):  # pylint: disable=redefined-outer-name
   ax.set_yticks(range(len(depths)), depths)
   ax.set_xlabel("sequence length (blocks)")
   ax.set_ylabel("needle depth")
-  plotting._save(fig, path, title)  # pylint: disable=protected-access
+  plotting._save(fig, path, caption)  # pylint: disable=protected-access
 
 
 def main(argv=None):

@@ -308,8 +308,9 @@ def _bucket_edges(t, size):
 def train(model, stream, pieces, args, mode, record, save):
   import jax
   import optax
+  from famjax import params_io
   from famjax.train import trainer
-  params = _params(model)
+  params = params_io.params_dict(model)
   keys = trainer.trainable_keys(params, "lora")
   sched = optax.warmup_constant_schedule(0.0, args.lr, args.warmup)
   tx = optax.chain(optax.clip_by_global_norm(1.0),
@@ -345,11 +346,6 @@ def train(model, stream, pieces, args, mode, record, save):
   record["step_s"] = float(np.median(steady))
   record["tokens_per_s"] = args.batch * args.seq_len / record["step_s"]
   return state["params"]
-
-
-def _params(model):
-  from flax import nnx
-  return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
 
 def run(args):
@@ -397,7 +393,7 @@ def run(args):
     rec = {"config": json.loads(cfg.to_json())}
     result["modes"][mode] = rec
     fn = make_eval(model)
-    params = _params(model)
+    params = params_io.params_dict(model)
     t0 = time.time()
     rec["before"] = evaluate(fn, params, seqs, info, args)
     rec["before"]["with_compile_s"] = round(time.time() - t0, 1)
@@ -505,7 +501,7 @@ def report(args):
   lines = ["| run | when | all | 0-1k | 1k-8k | 8k-32k | PassKey 2k / 4k / 8k / "
            "16k / 32k | steps | step (s) |", "| --- " * 9 + "|"]
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), sharey=True)
-  grids = []
+  grids, zero_shot = [], set()
   for label, mode, rec in runs:
     tr = rec.get("train", {})
     for when in ("before", "after"):
@@ -523,9 +519,10 @@ def report(args):
           f"{fmt(lo(1024, 8192))} | {fmt(lo(8192, 1 << 30))} | {pk} | "
           + (f"{tr.get('steps', 0)} | {tr.get('step_s', 0):.2f} |"
              if when == "after" else "0 | - |"))
-      if when == "before" and any(r[1] == mode and r[2] is not rec
-                                  for r in runs[:runs.index((label, mode, rec))]):
-        continue                                  # one zero-shot curve a mode
+      if when == "before":
+        if mode in zero_shot:
+          continue                                # one zero-shot curve a mode
+        zero_shot.add(mode)
       xs = [int(k.split("-")[1]) for k in e["ppl_buckets"]]
       ax = axes[0 if when == "before" else 1]
       ax.plot(xs, list(e["ppl_buckets"].values()), marker=".",

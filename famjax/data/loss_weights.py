@@ -17,6 +17,7 @@ In a gin run file:
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import gin
@@ -38,19 +39,19 @@ def reweight(batch: dict, input_weight: float, target_weight: float) -> dict:
   return dict(batch, **{WEIGHTS: new.astype(np.float32)})
 
 
-class WeightedIterator:
-  """A data iterator with reweighted batches; state as the wrapped one's."""
+class ReweightedIterator:
+  """A data iterator whose batches pass through `fn` (a reweighting); state
+  (get_state, set_state, close, ...) is the wrapped iterator's."""
 
-  def __init__(self, it, input_weight: float, target_weight: float):
+  def __init__(self, it, fn):
     self._it = it
-    self.input_weight = float(input_weight)
-    self.target_weight = float(target_weight)
+    self._fn = fn
 
   def __iter__(self):
     return self
 
   def __next__(self):
-    return reweight(next(self._it), self.input_weight, self.target_weight)
+    return self._fn(next(self._it))
 
   def __getattr__(self, name):        # get_state, set_state, close, ...
     return getattr(self._it, name)
@@ -68,7 +69,9 @@ def weighted_iterator(task_name: str, split: str, *, input_weight: float = 1.0,
   it = pipeline.make_iterator(task_name, split, **kwargs)
   if split not in tuple(splits):
     return it
-  return WeightedIterator(it, input_weight, target_weight)
+  return ReweightedIterator(it, functools.partial(
+      reweight, input_weight=float(input_weight),
+      target_weight=float(target_weight)))
 
 
 # ------------------------------------------------- answers only memory gives
@@ -109,17 +112,6 @@ def memory_reweight(batch: dict, block_size: int, token_ids,
   return dict(batch, **{WEIGHTS: new.astype(np.float32)})
 
 
-class MemoryWeightedIterator(WeightedIterator):
-  """A data iterator whose batches `memory_reweight` reweights."""
-
-  def __init__(self, it, **kw):  # pylint: disable=super-init-not-called
-    self._it = it
-    self._kw = kw
-
-  def __next__(self):
-    return memory_reweight(next(self._it), **self._kw)
-
-
 @gin.configurable
 def memory_weighted_iterator(task_name: str, split: str, *,
                              block_size: int = gin.REQUIRED,
@@ -141,7 +133,7 @@ def memory_weighted_iterator(task_name: str, split: str, *,
   it = pipeline.make_iterator(task_name, split, **kwargs)
   if split not in tuple(splits):
     return it
-  return MemoryWeightedIterator(it, block_size=block_size, token_ids=ids,
-                                memory_weight=memory_weight,
-                                token_weight=token_weight,
-                                input_weight=input_weight)
+  return ReweightedIterator(it, functools.partial(
+      memory_reweight, block_size=block_size, token_ids=ids,
+      memory_weight=memory_weight, token_weight=token_weight,
+      input_weight=input_weight))
