@@ -486,7 +486,28 @@ def _runs(paths, labels):
         continue
       steps = rec.get("train", {}).get("steps", 0)
       label = labels[i] if labels and i < len(labels) else f"{mode} {steps} steps"
+      if not labels and mode == "fam" and steps:
+        label += f", RSP {res['args']['p_rsp']:g}"
       out.append((label, mode, rec))
+  return out
+
+
+def equal_step_ratios(runs):
+  """[(label, bucket ends, perplexity / bswa's)] of every fine-tuned run
+  that has a fine-tuned `bswa` run of the same number of steps."""
+  bswa = {rec["train"]["steps"]: rec["after"]["ppl_buckets"]
+          for _, mode, rec in runs if mode == "bswa" and "after" in rec}
+  out = []
+  for label, mode, rec in runs:
+    if mode == "bswa" or "after" not in rec:
+      continue
+    ref = bswa.get(rec["train"]["steps"])
+    if ref is None:
+      continue
+    b = rec["after"]["ppl_buckets"]
+    keys = [k for k in b if k in ref]
+    out.append((label, [int(k.split("-")[1]) for k in keys],
+                [b[k] / ref[k] for k in keys]))
   return out
 
 
@@ -540,6 +561,21 @@ def report(args):
   axes[0].set_ylabel("perplexity, held-out book")
   stem = os.path.splitext(args.out)[0]
   plotting._save(fig, stem + "_ppl.png", "SmolLM2-135M: perplexity by position")  # pylint: disable=protected-access
+  pairs = equal_step_ratios(runs)
+  if pairs:
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for label, xs, ratio in pairs:
+      ax.plot(xs, ratio, marker=".", label=label)
+    ax.axhline(1.0, color="gray", lw=1)
+    ax.axvline(8192, color="gray", ls=":", lw=1)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("target position (end of its 1k bucket); dotted: 8k context")
+    ax.set_ylabel("perplexity / bswa's")
+    ax.set_ylim(0.85, 1.25)                    # full leaves it beyond its 8k
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    plotting._save(fig, stem + "_ratio.png",  # pylint: disable=protected-access
+                   "after fine-tuning, against bswa of the same steps")
   if grids:
     fig, axes = plt.subplots(1, len(grids), figsize=(3.2 * len(grids), 3.2))
     axes = np.atleast_1d(axes)
@@ -563,7 +599,7 @@ def report(args):
   print(table)
   with open(stem + ".md", "w") as fh:
     fh.write(table + "\n")
-  print(f"wrote {stem}.md, {stem}_ppl.png, {stem}_passkey.png")
+  print(f"wrote {stem}.md and its figures (_ppl, _ratio, _passkey .png)")
 
 
 def main(argv=None):
