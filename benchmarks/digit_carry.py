@@ -17,7 +17,15 @@ scan, Random State Passing, Random Position Offset, AdamW) in two phases:
          nothing in between: the FAM must hold the digit over up to
          blocks - 1 updates of filler;
   far2   (optional, --far2_steps) `far` at --far2_blocks blocks: a length
-         curriculum (--far2_mix 1: alternating with `far` batches).
+         curriculum (--far2_mix 1: alternating with `far` batches);
+  stream (optional, --stream_steps) every row is an endless stream, cut
+         into `blocks`-block pieces, one a step; row i of a step continues
+         row i of the step before from its own final FAM state
+         (StepConfig.state_passing="rows": truncated backpropagation
+         through the FAM). New digits appear now and then (the newest one
+         counts), questions often; a row starts a new stream (from the
+         initial FAM, its first digit after 0 to blocks - 1 filler blocks)
+         with --stream_reset a step; --stream_digit 0: one digit a stream.
 Evaluation: `far` sequences of 1x to 64x the training blocks, the needle at
 depth 0, 0.5 and 1 (block 0, the middle block, the block before the
 question); accuracy = argmax of the answer (greedy decoding).
@@ -69,9 +77,45 @@ def far_batch(rng, n, blocks, block, depth=None):
   return toks, w
 
 
-def as_batch(toks, w):
-  return {"decoder_input_tokens": toks[:, :-1],
-          "decoder_target_tokens": toks[:, 1:], "decoder_loss_weights": w}
+def as_batch(toks, w, cont=None):
+  batch = {"decoder_input_tokens": toks[:, :-1],
+           "decoder_target_tokens": toks[:, 1:], "decoder_loss_weights": w}
+  if cont is not None:
+    batch["fam_continue"] = cont
+  return batch
+
+
+class Streams:
+  """n endless digit streams; `next(blocks, block)` cuts the next piece of
+  each (tokens [n, T+1], weights [n, T], continues [n])."""
+
+  def __init__(self, rng, n, p_digit, p_question, p_reset):
+    self.rng, self.n = rng, n
+    self.p_digit, self.p_question, self.p_reset = p_digit, p_question, p_reset
+    self.digit = np.full(n, -1)                  # -1: a new stream
+    self.wait = np.zeros(n, int)                 # filler blocks before it
+
+  def next(self, blocks, block):
+    rng, n = self.rng, self.n
+    toks = rng.randint(FILLER_LO, VOCAB, (n, blocks * block + 1))
+    w = np.zeros((n, blocks * block), np.float32)
+    cont = (self.digit >= 0) & (rng.rand(n) >= self.p_reset)
+    self.digit[~cont] = -1
+    self.wait[~cont] = rng.randint(0, blocks, (~cont).sum())
+    for b in range(blocks):
+      lo = b * block
+      waiting = (self.digit < 0) & (self.wait > 0)
+      self.wait[waiting] -= 1
+      new = ~waiting & ((self.digit < 0) | (rng.rand(n) < self.p_digit))
+      ask = ~waiting & ~new & (rng.rand(n) < self.p_question)
+      for r in np.flatnonzero(new):
+        self.digit[r] = rng.randint(0, 10)
+        toks[r, lo + rng.randint(0, block)] = self.digit[r]
+      for r in np.flatnonzero(ask):
+        q = lo + rng.randint(0, block - 1)
+        toks[r, q], toks[r, q + 1] = QUESTION, self.digit[r]
+        w[r, q] = 1.0
+    return toks, w, cont.astype(np.int32)
 
 
 def build(args):
@@ -97,16 +141,25 @@ def train(model, args, log):
   keys = trainer.trainable_keys(params, "all")
   sched = optax.constant_schedule(args.lr)
   tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched))
+  stream = getattr(args, "stream_steps", 0)
   cfg = trainer.StepConfig(p_rsp=args.p_rsp if args.mode == "fam" else 0.0,
-                           random_position_offset=bool(args.rpo))
-  state = trainer.init_state(model, tx, keys, seed=args.seed)
+                           random_position_offset=bool(args.rpo),
+                           state_passing="rows" if stream else "row0")
+  state = trainer.init_state(model, tx, keys, seed=args.seed,
+                             rsp_rows=args.batch if stream else None)
   step = trainer.make_train_step(model, tx, sched, keys, cfg)
   rng = np.random.RandomState(args.seed)
   curve, t0 = [], time.time()
   far2 = getattr(args, "far2_steps", 0)
-  total = args.dense_steps + args.far_steps + far2
+  total = args.dense_steps + args.far_steps + far2 + stream
+  streams = Streams(rng, args.batch, getattr(args, "stream_digit", 0.0),
+                    getattr(args, "stream_question", 0.0),
+                    getattr(args, "stream_reset", 0.0))
   for s in range(total):
-    if s < args.dense_steps:
+    cont = np.zeros(args.batch, np.int32) if stream else None
+    if s >= args.dense_steps + args.far_steps + far2:
+      phase, (*toks, cont) = "stream", streams.next(args.blocks, args.block)
+    elif s < args.dense_steps:
       phase, toks = "dense", dense_batch(rng, args.batch, args.blocks,
                                          args.block)
     elif s < args.dense_steps + args.far_steps:
@@ -116,7 +169,7 @@ def train(model, args, log):
     else:
       phase, toks = "far2", far_batch(rng, args.batch, args.far2_blocks,
                                       args.block)
-    state, m = step(state, as_batch(*toks))
+    state, m = step(state, as_batch(*toks, cont))
     if s % args.log_every == 0 or s == total - 1:
       m = jax.device_get(m)
       curve.append([s, phase, float(m["loss"]), float(m["accuracy"])])
@@ -165,6 +218,8 @@ def title(args) -> str:
     mix = '8/' if getattr(args, 'far2_mix', 0) else ''
     t += (f", then {mix}{args.far2_blocks} blocks"
           f" (lr {args.lr:g})")
+  if getattr(args, "stream_steps", 0):
+    t += f", then {args.stream_steps} stream steps (lr {args.lr:g})"
   return t
 
 
@@ -209,6 +264,14 @@ def main(argv=None):
   p.add_argument("--far2_blocks", type=int, default=32)
   p.add_argument("--far2_mix", type=int, default=0,
                  help="1: every other far2 step is an ordinary `far` batch")
+  p.add_argument("--stream_steps", type=int, default=0,
+                 help="a last phase of endless per-row streams")
+  p.add_argument("--stream_digit", type=float, default=1 / 48,
+                 help="chance of a new digit in a stream block")
+  p.add_argument("--stream_question", type=float, default=0.25,
+                 help="chance of a question in a stream block")
+  p.add_argument("--stream_reset", type=float, default=0.02,
+                 help="chance a step that a row starts a new stream")
   p.add_argument("--p_rsp", type=float, default=0.0)
   p.add_argument("--rpo", type=int, default=1)
   p.add_argument("--seed", type=int, default=0)

@@ -184,26 +184,43 @@ def passkey_train_row(pieces, length, rng, asks: int):
   return np.asarray(ids[:length], np.int32), np.asarray(w[:length], np.float32)
 
 
-def train_batch(stream, pieces, step, args):
-  """inputs, targets, weights [batch, seq_len] of train step `step`."""
+def train_batch(stream, pieces, step, args, cursors=None):
+  """inputs, targets, weights [batch, seq_len] of train step `step`.
+
+  cursors: None (every text row a random window), or a list with one entry
+  a row that this function keeps: text row r then reads on from where it
+  stopped the step before (`fam_continue` 1), and jumps to a random window
+  (`fam_continue` 0) with chance `args.stream_reset` or at the stream's end.
+  PassKey rows never continue.
+  """
   rng = np.random.RandomState(args.seed * 100003 + step)
   n = args.seq_len + 1
-  rows, weights = [], []
+  rows, weights, cont = [], [], []
   n_pk = int(round(args.passkey_frac * args.batch))
   for r in range(args.batch):
+    go_on = False
     if r >= args.batch - n_pk:
       ids, w = passkey_train_row(pieces, n, rng, args.passkey_asks)
       w = w * args.passkey_weight
     else:
       s = rng.randint(0, len(stream) - n)
+      if cursors is not None:
+        go_on = (cursors[r] is not None and cursors[r] + n <= len(stream)
+                 and rng.rand() >= args.stream_reset)
+        s = cursors[r] if go_on else s
+        cursors[r] = s + args.seq_len          # the next piece's first input
       ids = stream[s:s + n].astype(np.int32)
       w = np.ones(n, np.float32)
+    cont.append(int(go_on))
     rows.append(ids)
     weights.append(w[1:])
   rows = np.stack(rows)
-  return {"decoder_input_tokens": rows[:, :-1],
-          "decoder_target_tokens": rows[:, 1:],
-          "decoder_loss_weights": np.stack(weights)}
+  batch = {"decoder_input_tokens": rows[:, :-1],
+           "decoder_target_tokens": rows[:, 1:],
+           "decoder_loss_weights": np.stack(weights)}
+  if cursors is not None:
+    batch["fam_continue"] = np.asarray(cont, np.int32)
+  return batch
 
 
 def eval_set(heldout, pieces, args):
@@ -315,11 +332,15 @@ def train(model, stream, pieces, args, mode, record, save):
   sched = optax.warmup_constant_schedule(0.0, args.lr, args.warmup)
   tx = optax.chain(optax.clip_by_global_norm(1.0),
                    optax.adamw(sched, b1=0.9, b2=0.95, weight_decay=0.0))
+  rows = args.state_passing == "rows"
   cfg = trainer.StepConfig(
       microbatches=args.microbatches,
       p_rsp=args.p_rsp if mode == "fam" else 0.0,
-      random_position_offset=args.rpo and mode != "full").validate(args.batch)
-  state = trainer.init_state(model, tx, keys, seed=args.seed)
+      random_position_offset=args.rpo and mode != "full",
+      state_passing=args.state_passing).validate(args.batch)
+  state = trainer.init_state(model, tx, keys, seed=args.seed,
+                             rsp_rows=args.batch if rows else None)
+  cursors = [None] * args.batch if rows else None   # the same data every mode
   step = trainer.make_train_step(model, tx, sched, keys, cfg)
   n_tr = sum(int(np.prod(v.shape)) for k, v in trainer.flat(params).items()
              if k in keys)
@@ -328,7 +349,7 @@ def train(model, stream, pieces, args, mode, record, save):
   t0 = time.time()
   times = []
   for s in range(args.steps):
-    batch = train_batch(stream, pieces, s, args)
+    batch = train_batch(stream, pieces, s, args, cursors)
     ts = time.time()
     state, m = step(state, batch)
     m = jax.device_get(m)
@@ -631,6 +652,11 @@ def main(argv=None):
   r.add_argument("--warmup", type=int, default=20)
   r.add_argument("--p_rsp", type=float, default=0.8)
   r.add_argument("--rpo", type=int, default=1)
+  r.add_argument("--state_passing", default="row0", choices=("row0", "rows"),
+                 help="rows: text rows read on through the books, each "
+                      "fam row from its own last state (StepConfig)")
+  r.add_argument("--stream_reset", type=float, default=0.125,
+                 help="with rows: chance a step that a text row jumps")
   r.add_argument("--passkey_frac", type=float, default=0.25)
   r.add_argument("--passkey_asks", type=int, default=8)
   r.add_argument("--passkey_weight", type=float, default=20.0)

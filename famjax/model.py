@@ -252,12 +252,21 @@ class Transformer(nnx.Module):
 
   # ----------------------------------------------------- whole-sequence pass
   def __call__(self, tokens, *, fam_state=None, use_fam_state=None,
-               position_offset=None, return_state: bool = False):
+               continue_stream=False, position_offset=None,
+               return_state: bool = False):
     """Logits [b, T, vocab] (float32) of tokens [b, T].
 
     fam_state: [L, b, F, d] FAM states to start from instead of the initial
       FAM (Random State Passing, continuing a stream); use_fam_state: a
-      boolean scalar choosing between the two inside a compiled step.
+      boolean scalar choosing between the two inside a compiled step, or
+      [b] booleans choosing row by row.
+    continue_stream: False (Random State Passing, docs/fam.md: block 0
+      still makes the zero-residual first update from the given state) or
+      True / [b] booleans: the given state is the last state of the same
+      stream, so block 0 updates it as the next block of one long sequence
+      would (with the residual). With m = 0 the logits then equal those of
+      the whole stream; with m > 0 the memory blocks before the cut are not
+      seen.
     position_offset: float added to every RoPE position (Random Position
       Offset; training only).
     return_state: also return {"fam_state": last Phi per layer [L, b, F, d]}.
@@ -295,6 +304,14 @@ class Transformer(nnx.Module):
         fam_state = fam_state.astype(self.dtype)
         if use_fam_state is None:
           use_fam_state = True
+        elif jnp.ndim(use_fam_state) == 1:                    # row by row
+          use_fam_state = jnp.asarray(use_fam_state)[:, None, None]
+        if jnp.ndim(continue_stream) == 1:
+          continue_stream = jnp.asarray(continue_stream)[:, None, None]
+        # Block 0 skips the zero-residual first update where a row continues.
+        continue_stream = jnp.logical_and(continue_stream, use_fam_state)
+      else:
+        continue_stream = jnp.asarray(False)
 
     def body(layer, loc, carry, phi_given):
       x, phi_init = carry
@@ -313,8 +330,8 @@ class Transformer(nnx.Module):
         def step(phi, kt, vt, i):
           return attn.fam_pass(attender, layout,
                                lambda p: layer.project(p, ang_f[i]),
-                               layer.finish, phi, kt, vt, n_valid[i], i == 0,
-                               window)
+                               layer.finish, phi, kt, vt, n_valid[i],
+                               (i == 0) & ~continue_stream, window)
 
         phi_last, fk, fv = attn.fam_chain(step, phi0, k, v)
         fk, fv = constrain(fk, KV_FAM), constrain(fv, KV_FAM)

@@ -50,3 +50,33 @@ def test_far_batch_layout():
     assert digits.tolist() == [digits[0], q[0] + 1]    # needle, answer
     assert digits[0] // 8 == 2                         # round(0.5 * 4)
     assert row[digits[0]] == row[q[0] + 1]
+
+
+def test_streams_answer_the_newest_digit_across_pieces():
+  """Each question's answer is the newest digit before it in the row's
+  stream, looking back across earlier pieces when the row continues; a row
+  that starts anew (continues = 0) has its digit before its first question
+  and is never answered from the stream before."""
+  rng = np.random.RandomState(0)
+  s = dc.Streams(rng, 6, p_digit=0.2, p_question=0.5, p_reset=0.2)
+  newest = [None] * 6
+  starts = asked = far = 0
+  for _ in range(40):
+    toks, w, cont = s.next(4, 8)
+    assert toks.shape == (6, 33) and w.shape == (6, 32)
+    for r in range(6):
+      if not cont[r]:
+        newest[r], starts = None, starts + 1
+      row, qs = toks[r], set(np.flatnonzero(w[r]))
+      assert all(row[q] == dc.QUESTION for q in qs)
+      i = 0
+      while i < 32:
+        if i in qs:
+          assert newest[r] is not None and row[i + 1] == newest[r]
+          far += int(all(row[j] >= 10 for j in range(0, i)))  # from before
+          asked, i = asked + 1, i + 2                          # skip answer
+          continue
+        if row[i] < 10:
+          newest[r] = row[i]
+        i += 1
+  assert starts > 6 and asked > 100 and far > 10      # all cases occur

@@ -134,10 +134,26 @@ def test_run_random_weights_matches_a_plain_forward(tmp_path):
                                                    rel=1e-4)
   assert rec["before"]["ppl_buckets"]["64-128"] == pytest.approx(
       math.exp(nll[:, 64:128].mean()), rel=1e-4)
+  # fam, each text row reading on through the books from its own state.
+  out2 = tmp_path / "out_fam"
+  gf.main(["run", "--data", str(data), "--out", str(out2), "--random_weights",
+           "--tiny", "--modes", "fam", "--steps", "2", "--seq_len", "64",
+           "--batch", "4", "--microbatches", "2", "--block", "32",
+           "--fam_length", "8", "--eval_len", "256", "--eval_windows", "1",
+           "--passkey_lengths", "128", "--passkey_depths", "0",
+           "--lora_rank", "4", "--dtype", "float32", "--passkey_frac", "0.5",
+           "--state_passing", "rows", "--p_rsp", "0"])
+  fam = json.loads((out2 / "graft_finetune.json").read_text())["modes"]["fam"]
+  assert fam["train"]["step_config"]["state_passing"] == "rows"
+  assert all(math.isfinite(l) for _, l, _ in fam["train"]["losses"])
   gf.main(["report", "--results", str(out / "graft_finetune.json"),
+           "--results", str(out2 / "graft_finetune.json"),
            "--out", str(out / "report.md")])
-  assert "| bswa 2 steps | after |" in (out / "report.md").read_text()
+  table = (out / "report.md").read_text()
+  assert "| bswa 2 steps | after |" in table
+  assert "| fam 2 steps, RSP 0 | after |" in table
   assert os.path.exists(out / "report_ppl.png")
+  assert os.path.exists(out / "report_ratio.png")       # fam against bswa
 
 
 def test_memory_answers_against_a_loop():
@@ -161,3 +177,34 @@ def test_memory_answers_against_a_loop():
   np.testing.assert_array_equal(w == 1.0, got)
   np.testing.assert_array_equal(np.isclose(w, 0.1),
                                 np.isin(targets, digits) & ~got)
+
+
+def test_train_batch_rows_read_on_through_the_stream():
+  """--state_passing rows: a text row's next piece starts at the token
+  after its last input (fam_continue 1), or elsewhere with fam_continue 0;
+  PassKey rows never continue; without cursors there is no such field."""
+  import argparse
+  args = argparse.Namespace(seed=0, seq_len=16, batch=4, passkey_frac=0.25,
+                            passkey_asks=2, passkey_weight=20.0,
+                            stream_reset=0.3)
+  stream = np.arange(1000, 1400, dtype=np.int32)  # token = 1000 + position
+  assert "fam_continue" not in gf.train_batch(stream, PIECES, 0, args)
+  cursors = [None] * 4
+  prev = None
+  seen = {0: 0, 1: 0}
+  for step in range(30):
+    b = gf.train_batch(stream, PIECES, step, args, cursors)
+    x, y, c = (b["decoder_input_tokens"], b["decoder_target_tokens"],
+               b["fam_continue"])
+    assert x.shape == y.shape == (4, 16)
+    np.testing.assert_array_equal(x[:3, 1:], y[:3, :-1])     # one window
+    assert np.all(np.diff(x[:3], axis=1) == 1)
+    assert c[3] == 0 and x[3].max() < 1000                  # a PassKey row
+    for r in range(3):
+      if step == 0:
+        assert c[r] == 0
+      if c[r]:
+        assert x[r, 0] == prev[r, -1] + 1                    # reads on
+      seen[int(c[r])] += 1
+    prev = x
+  assert seen[0] >= 5 and seen[1] >= 30

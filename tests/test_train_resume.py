@@ -78,3 +78,22 @@ def test_sigterm_saves_exits_zero_and_resumes(straight, tiny_gin, tmp_path):
   assert rc == 0, err
   assert f"resuming from checkpoint {last}" in err
   assert_same_run(d, straight)
+
+
+def test_rows_state_passing_stop_and_resume(tiny_gin, tmp_path):
+  """`StepConfig.state_passing = rows` keeps one FAM state a row in the
+  checkpoint: N steps, then a second run on to 2N, equals 2N straight."""
+  rows = "--gin.StepConfig.state_passing=rows"
+  a, b = str(tmp_path / "straight"), str(tmp_path / "split")
+  rc, _, err = run_train(f"--gin_file={tiny_gin}", f"--gin.MODEL_DIR={a}", rows)
+  assert rc == 0, err
+  assert final_params(a)["rsp"].shape == (2, 4, 4, 32)     # [L, batch, F, d]
+  used = [m["rsp_used"] for s, m in sorted(read_metrics(a).items()) if s > 1]
+  assert any(0.0 < u < 1.0 for u in used), used            # a coin a row
+  rc, _, err = run_train(f"--gin_file={tiny_gin}", f"--gin.MODEL_DIR={b}", rows,
+                         f"--gin.train.num_steps={N}")
+  assert rc == 0, err
+  rc, _, err = run_train(f"--gin_file={tiny_gin}", f"--gin.MODEL_DIR={b}", rows)
+  assert rc == 0, err
+  assert f"resuming from checkpoint {N}" in err
+  assert_same_run(b, a)

@@ -112,6 +112,77 @@ def test_random_state_passing(p_rsp):
   assert float(m2["rsp_used"]) == p_rsp
 
 
+CFG_M0 = ModelConfig(vocab_size=64, d_model=32, num_layers=2, num_heads=2,
+                     ffn_dim=64, attention=AttentionConfig(
+                         mode="fam", block_size=8, memory_segments=0,
+                         fam_length=4))
+
+
+def joined(a, b):
+  """Row i of `a` followed by row i of `b`: one stream a row."""
+  return {k: np.concatenate([a[k], b[k]], axis=1) for k in a}
+
+
+def nll_rows(model, params, batch, **kw):
+  """Per-token negative log-likelihood [b, t] of a plain model call."""
+  m = nnx.merge(nnx.graphdef(model), params)
+  logits = m(jnp.asarray(batch["decoder_input_tokens"]), **kw)
+  logp = jax.nn.log_softmax(np.asarray(logits, np.float64), axis=-1)
+  return -np.take_along_axis(logp, batch["decoder_target_tokens"][..., None],
+                             -1)[..., 0]
+
+
+@pytest.mark.parametrize("how", ["coins", "fam_continue", "off"])
+def test_state_passing_rows_continues_each_row(how):
+  """state_passing='rows': step 2 on chunk B of every row continues that
+  row's own state after chunk A, which (m = 0, no position offset) is the
+  whole-sequence forward of the stream A;B; rows told not to continue start
+  from the initial FAM, as a plain forward of B does."""
+  b = 4
+  cfg = trainer.StepConfig(microbatches=2, p_rsp=0.0 if how == "off" else 1.0,
+                           random_position_offset=False, state_passing="rows")
+  model = Transformer(CFG_M0, rngs=nnx.Rngs(0))
+  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  keys = trainer.trainable_keys(params)
+  tx = optax.sgd(0.0)                                    # weights stay put
+  state = trainer.init_state(model, tx, keys, seed=3, rsp_rows=b)
+  params = copy(state["params"])                 # the step donates the state
+  assert state["rsp"].shape == (2, b, 4, 32)
+  step = trainer.make_train_step(model, tx, lambda s: jnp.float32(0.0), keys,
+                                 cfg)
+  a, bb = make_batch(1, b=b, t=16), make_batch(2, b=b, t=16)
+  state, m1 = step(state, a)
+  _, phi_a = direct_loss(model, params, a)
+  np.testing.assert_allclose(state["rsp"], phi_a, atol=1e-5)   # every row's
+  assert not np.allclose(phi_a[:, 0], phi_a[:, 1], atol=1e-3)
+  assert float(m1["rsp_used"]) == 0.0                 # nothing before step 1
+
+  cont = np.array([1, 0, 1, 0] if how == "fam_continue" else
+                  [0] * b if how == "off" else [1] * b)
+  batch2 = dict(bb, fam_continue=cont) if how == "fam_continue" else bb
+  state, m2 = step(state, batch2)
+  stream = nll_rows(model, params, joined(a, bb))[:, 16:]
+  fresh = nll_rows(model, params, bb)
+  assert np.abs(stream - fresh).max() > 1e-3          # distinguishable
+  nll = np.where(cont[:, None] > 0, stream, fresh)
+  w = bb["decoder_loss_weights"]
+  np.testing.assert_allclose(m2["loss"], (nll * w).sum() / w.sum(), atol=1e-5)
+  np.testing.assert_allclose(m2["rsp_used"], cont.mean())
+  _, phi_ab = direct_loss(model, params, joined(a, bb))
+  _, phi_b = direct_loss(model, params, bb)
+  want = np.where(cont[None, :, None, None] > 0, phi_ab, phi_b)
+  np.testing.assert_allclose(state["rsp"], want, atol=1e-5)
+
+
+def test_state_passing_rows_errors():
+  with pytest.raises(ValueError, match="state_passing"):
+    trainer.StepConfig(state_passing="row").validate(8)
+  cfg = trainer.StepConfig(state_passing="rows")
+  model, state, step = setup(cfg)                       # one kept state only
+  with pytest.raises(ValueError, match="rsp_rows=8"):
+    step(state, make_batch(0))
+
+
 def test_random_position_offset_draws():
   cfg = trainer.StepConfig(p_rsp=0.8, random_position_offset=True)
   rng = jax.random.key_data(jax.random.key(7))

@@ -45,9 +45,11 @@ class Built:
 
 def build_state(cfg: ModelConfig, *, seed: int, trainable: str,
                 num_steps: int, mesh_shape, sharding_rules,
-                load_params_from: Optional[str]) -> Built:
+                load_params_from: Optional[str],
+                rsp_rows: Optional[int] = None) -> Built:
   """Model, optimizer and train state on the mesh; weights from
-  `load_params_from` when given (weights it lacks keep their init)."""
+  `load_params_from` when given (weights it lacks keep their init);
+  rsp_rows: the global batch size under `state_passing="rows"`."""
   from famjax.model import Transformer
   model = Transformer(cfg, rngs=nnx.Rngs(seed))
   if load_params_from:
@@ -59,7 +61,7 @@ def build_state(cfg: ModelConfig, *, seed: int, trainable: str,
   keys = trainer.trainable_keys(params, trainable)
   tx, schedule = make_optimizer(trainer.split_params(params, keys)[0],
                                 num_steps)
-  state = trainer.init_state(model, tx, keys, seed=seed)
+  state = trainer.init_state(model, tx, keys, seed=seed, rsp_rows=rsp_rows)
   mesh = partitioning.make_mesh(mesh_shape)
   rules = partitioning.make_rules(sharding_rules)
   state_sh = sharding.state_shardings(model, state, tx, keys, mesh, rules)

@@ -216,7 +216,9 @@ class TrainLoop:
     self.built = build.build_state(
         self.cfg, seed=o.seed, trainable=o.trainable, num_steps=o.num_steps,
         mesh_shape=o.mesh_shape, sharding_rules=o.sharding_rules,
-        load_params_from=None if resuming else o.load_params_from)
+        load_params_from=None if resuming else o.load_params_from,
+        rsp_rows=(o.batch_size if self.step_cfg.state_passing == "rows"
+                  else None))
     self.state, self.built.state = self.built.state, None   # donated later
     self.start, data_state = self._restore() if resuming else (0, None)
     self.saved = {self.start} if resuming else set()

@@ -10,8 +10,10 @@ The train state is a plain dict pytree (what the checkpoints hold):
   rng        uint32[2] base key; step `s` uses `fold_in(rng, s)`, so the
              Random Position Offset and Random State Passing draws of a
              resumed run are those of an uninterrupted one
-  rsp        [L, F, d] float32 (FAM mode only): the FAM state kept from batch
-             element 0 of the previous step (Random State Passing)
+  rsp        float32 (FAM mode only), the FAM states kept for Random State
+             Passing: [L, F, d], batch element 0's final state of the
+             previous step (`state_passing="row0"`), or [L, batch, F, d],
+             every row's own (`state_passing="rows"`)
 
 `make_train_step` builds one jit-compiled, state-donating function
 `(state, batch) -> (state, metrics)`: gradient accumulation over
@@ -48,11 +50,24 @@ class StepConfig:
   p_rsp: Random State Passing probability (FAM mode; 0 disables it).
   random_position_offset: Random Position Offset (docs/fam.md) on/off.
   z_loss: weight of the log(Z)^2 auxiliary loss (0 = off).
+  state_passing: which FAM state a step starts from when it passes one:
+    "row0"  batch element 0's final state of the previous step, for every
+            row, on one coin of p_rsp a step (the paper's RSP);
+    "rows"  row i continues from row i's own final state of the previous
+            step, each row on its own coin of p_rsp, as the next block of
+            one long sequence (block 0 updates the kept state with its
+            residual: `Transformer.__call__(continue_stream=...)`). For
+            streams: data in which row i of a batch continues row i of the
+            batch before (truncated backpropagation through the FAM; with
+            m > 0 the memory blocks before the cut are not seen). A batch
+            may carry `fam_continue` [batch] (1: this row continues, 0: it
+            starts a new document); it then replaces the coins.
   """
   microbatches: int = 1
   p_rsp: float = 0.8
   random_position_offset: bool = True
   z_loss: float = 0.0
+  state_passing: str = "row0"
 
   def validate(self, batch_size: int) -> "StepConfig":
     if self.microbatches < 1 or batch_size % self.microbatches:
@@ -61,7 +76,14 @@ class StepConfig:
           f"divide the batch size {batch_size}.")
     if not 0.0 <= self.p_rsp <= 1.0:
       raise ValueError(f"StepConfig.p_rsp={self.p_rsp} must be in [0, 1].")
+    if self.state_passing not in STATE_PASSING:
+      raise ValueError(f"StepConfig.state_passing={self.state_passing!r} is "
+                       f"unknown; use one of {STATE_PASSING}.")
     return self
+
+
+STATE_PASSING = ("row0", "rows")
+CONTINUE = "fam_continue"
 
 
 # ----------------------------------------------------------- parameter trees
@@ -108,8 +130,12 @@ def trainable_keys(params, trainable: str = "all") -> frozenset:
 
 
 # ------------------------------------------------------------------- state
-def init_state(model, tx, keys, *, seed: int):
-  """Train state of an initialised model (see module doc)."""
+def init_state(model, tx, keys, *, seed: int, rsp_rows: int | None = None):
+  """Train state of an initialised model (see module doc).
+
+  rsp_rows: the batch size, for `StepConfig.state_passing="rows"` (one kept
+  FAM state a row); None keeps one state (`"row0"`).
+  """
   _, params, _ = nnx.split(model, nnx.Param, ...)
   params = nnx.to_pure_dict(params)
   train, _ = split_params(params, keys)
@@ -118,13 +144,17 @@ def init_state(model, tx, keys, *, seed: int):
            "rng": jax.random.key_data(jax.random.key(seed))}
   cfg = model.cfg
   if cfg.attention.mode == "fam":
+    rows = () if rsp_rows is None else (rsp_rows,)
     state["rsp"] = jnp.zeros(
-        (cfg.num_layers, cfg.attention.fam_length, cfg.d_model), jnp.float32)
+        (cfg.num_layers,) + rows + (cfg.attention.fam_length, cfg.d_model),
+        jnp.float32)
   return state
 
 
-def step_randomness(rng, step, cfg: StepConfig, rope_theta: float):
-  """(position offset or None, RSP coin) of train step `step`."""
+def step_randomness(rng, step, cfg: StepConfig, rope_theta: float,
+                    rows: int | None = None):
+  """(position offset or None, RSP coin) of train step `step`; with `rows`,
+  one coin a row ([rows] booleans, `state_passing="rows"`)."""
   key = jax.random.fold_in(jax.random.wrap_key_data(rng), step)
   k_off, k_on, k_coin = jax.random.split(key, 3)
   offset = None
@@ -132,7 +162,8 @@ def step_randomness(rng, step, cfg: StepConfig, rope_theta: float):
     # offset = U(0, 2 pi theta) * round(U(0, 1)): zero half of the time.
     offset = (jax.random.uniform(k_off) * (2 * math.pi * rope_theta) *
               jnp.round(jax.random.uniform(k_on)))
-  coin = (jax.random.uniform(k_coin) < cfg.p_rsp) & (step > 0)
+  shape = () if rows is None else (rows,)
+  coin = (jax.random.uniform(k_coin, shape) < cfg.p_rsp) & (step > 0)
   return offset, coin
 
 
@@ -154,16 +185,18 @@ def token_stats(logits, batch, z_loss: float = 0.0):
 
 
 def _forward(graphdef, rest, params, batch, *, offset=None, fam_state=None,
-             use_fam_state=None):
+             use_fam_state=None, continue_stream=False):
   model = nnx.merge(graphdef, params, rest)
   fam = model.cfg.attention.mode == "fam"
   if fam and fam_state is not None:
     b = batch[INPUTS].shape[0]
-    fam_state = jnp.broadcast_to(fam_state[:, None],
-                                 (fam_state.shape[0], b) + fam_state.shape[1:])
+    if fam_state.ndim == 3:                       # one state for every row
+      fam_state = jnp.broadcast_to(
+          fam_state[:, None], (fam_state.shape[0], b) + fam_state.shape[1:])
     logits, aux = model(batch[INPUTS], fam_state=fam_state,
-                        use_fam_state=use_fam_state, position_offset=offset,
-                        return_state=True)
+                        use_fam_state=use_fam_state,
+                        continue_stream=continue_stream,
+                        position_offset=offset, return_state=True)
   else:
     logits, aux = model(batch[INPUTS], position_offset=offset,
                         return_state=True)
@@ -209,27 +242,52 @@ def make_train_step(model, tx, schedule: Callable, keys, cfg: StepConfig, *,
   mcfg = model.cfg
   fam = mcfg.attention.mode == "fam"
   k = cfg.microbatches
+  rows = fam and cfg.state_passing == "rows"
 
   def loss_fn(train, frozen, mb, offset, fam_state, use):
     params = join_params(train, frozen)
     logits, phi = _forward(graphdef, rest, params, mb, offset=offset,
-                           fam_state=fam_state, use_fam_state=use)
+                           fam_state=fam_state, use_fam_state=use,
+                           continue_stream=rows)
     stats = token_stats(logits, mb, cfg.z_loss)
     return stats["loss_sum"] + stats["z_sum"], (stats, phi)
 
   grad_fn = jax.grad(loss_fn, has_aux=True)
 
   def step(state, batch):
+    n = batch[INPUTS].shape[0]
+    if rows and state["rsp"].shape[1:2] != (n,):
+      raise ValueError(
+          f"StepConfig.state_passing='rows' keeps one FAM state a row, but "
+          f"the train state holds {state['rsp'].shape} for a batch of {n}: "
+          f"build it with init_state(..., rsp_rows={n}).")
     offset, coin = step_randomness(state["rng"], state["step"], cfg,
-                                   mcfg.rope_theta)
-    fam_state = state.get("rsp") if fam and cfg.p_rsp > 0 else None
+                                   mcfg.rope_theta, n if rows else None)
+    batch = dict(batch)
+    cont = batch.pop(CONTINUE, None)
+    if rows and cont is not None:
+      coin = (jnp.asarray(cont) > 0) & (state["step"] > 0)
+    passing = fam and (cfg.p_rsp > 0 or (rows and cont is not None))
+    fam_state = state.get("rsp") if passing else None
     train, frozen = split_params(state["params"], keys)
     mbs = microbatches(batch, k)
+    if rows:
+      # Row r is row r // k of microbatch r % k (see `microbatches`).
+      mbs["_coin"] = microbatches({"c": coin}, k)["c"]
+      if fam_state is not None:
+        mbs["_phi"] = jnp.moveaxis(
+            fam_state.reshape(fam_state.shape[0], n // k, k,
+                              *fam_state.shape[2:]), 2, 0)
 
     def micro(acc, mb):
-      g, (stats, phi) = grad_fn(train, frozen, mb, offset, fam_state, coin)
+      mb = dict(mb)
+      use = mb.pop("_coin") if rows else coin
+      phi0 = mb.pop("_phi", None) if rows else fam_state
+      g, (stats, phi) = grad_fn(train, frozen, mb, offset, phi0, use)
       acc = jax.tree.map(jnp.add, acc, (g, stats))
-      return acc, (phi[:, 0] if phi is not None else None)
+      if phi is None:
+        return acc, None
+      return acc, (phi if rows else phi[:, 0])
 
     zeros = (jax.tree.map(jnp.zeros_like, train),
              {n: jnp.zeros((), jnp.float32)
@@ -238,7 +296,11 @@ def make_train_step(model, tx, schedule: Callable, keys, cfg: StepConfig, *,
       (grads, stats), kept = micro(zeros, jax.tree.map(lambda x: x[0], mbs))
     else:
       (grads, stats), kept = jax.lax.scan(micro, zeros, mbs)
-      kept = None if kept is None else kept[0]
+      if kept is not None and rows:              # [k, L, n/k, ..] -> [L, n, ..]
+        kept = jnp.moveaxis(kept, 0, 2).reshape(
+            (kept.shape[1], n) + kept.shape[3:])
+      elif kept is not None:
+        kept = kept[0]
     denom = jnp.maximum(stats["weight_sum"], 1.0)
     grads = jax.tree.map(lambda g: g / denom, grads)
     grad_norm = optax.tree.norm(grads)
@@ -249,7 +311,8 @@ def make_train_step(model, tx, schedule: Callable, keys, cfg: StepConfig, *,
     if fam:
       new["rsp"] = jax.lax.stop_gradient(kept).astype(jnp.float32)
     metrics = _summaries(stats, grad_norm, schedule(state["step"]))
-    metrics["rsp_used"] = coin.astype(jnp.float32) if fam else jnp.zeros(())
+    metrics["rsp_used"] = (jnp.mean(coin.astype(jnp.float32)) if passing
+                           else jnp.zeros(()))
     if offset is not None:
       metrics["position_offset"] = offset
     return new, metrics
