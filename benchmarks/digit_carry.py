@@ -128,7 +128,9 @@ def build(args):
       head_dim=args.d_model // args.heads, ffn_dim=2 * args.d_model,
       attention=AttentionConfig(mode=args.mode, block_size=args.block,
                                 memory_segments=args.memory,
-                                fam_length=args.fam_length))
+                                fam_length=args.fam_length,
+                                fam_state_rms=getattr(args, "fam_state_rms",
+                                                      None)))
   return Transformer(cfg, rngs=nnx.Rngs(args.seed))
 
 
@@ -218,6 +220,8 @@ def title(args) -> str:
     mix = '8/' if getattr(args, 'far2_mix', 0) else ''
     t += (f", then {mix}{args.far2_blocks} blocks"
           f" (lr {args.lr:g})")
+  if getattr(args, "fam_state_rms", None):
+    t += f", FAM rows rescaled to RMS {args.fam_state_rms:g}"
   if getattr(args, "stream_steps", 0):
     t += f", then {args.stream_steps} stream steps (lr {args.lr:g})"
   return t
@@ -250,6 +254,8 @@ def main(argv=None):
   p.add_argument("--block", type=int, default=16)
   p.add_argument("--memory", type=int, default=0)
   p.add_argument("--fam_length", type=int, default=4)
+  p.add_argument("--fam_state_rms", type=float, default=None,
+                 help="AttentionConfig.fam_state_rms (outside the rules)")
   p.add_argument("--blocks", type=int, default=8,
                  help="blocks per training sequence")
   p.add_argument("--d_model", type=int, default=64)

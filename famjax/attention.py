@@ -158,20 +158,28 @@ class BlockLayout:
 
 # ------------------------------------------------------------- FAM chain
 def fam_pass(attender: Attender, layout: BlockLayout, project: Callable,
-             finish: Callable, phi, blk_k, blk_v, valid, first, window=None):
+             finish: Callable, phi, blk_k, blk_v, valid, first, window=None,
+             state_rms=None):
   """One layer's pass over the F FAM rows of one block (docs/fam.md).
 
   project(phi) -> (q, k, v) of the FAM rows at their positions;
   finish(phi, attn_out, residual) -> the rows after residual, norm and FFN.
   A FAM query sees all F FAM keys of this pass and the first `valid` keys
   of the block (within a native window). In the pass over block 0 the
-  attention residual is zero. Returns (new phi, FAM keys, FAM values).
+  attention residual is zero. state_rms (AttentionConfig.fam_state_rms,
+  outside the rules): rescale each new row to that root-mean-square.
+  Returns (new phi, FAM keys, FAM values).
   """
   qf, kf, vf = project(phi)
   o = attender(qf[:, None], layout.fam_rows(kf, vf, blk_k, blk_v, valid,
                                             window))[:, 0]
   residual = jnp.where(first, 0.0, 1.0).astype(phi.dtype)
-  return finish(phi, o, residual), kf, vf
+  new = finish(phi, o, residual)
+  if state_rms is not None:
+    n32 = new.astype(jnp.float32)
+    ms = jnp.mean(jnp.square(n32), axis=-1, keepdims=True)
+    new = (n32 * (state_rms * jax.lax.rsqrt(ms + 1e-12))).astype(new.dtype)
+  return new, kf, vf
 
 
 def fam_chain(step: Callable, phi0, k, v, unroll: int = 1):

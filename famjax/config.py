@@ -51,6 +51,11 @@ class AttentionConfig:
     in fam. B = 0 is the rules, B = -inf drops the FAM keys from the block
     rows, so the tokens' outputs are exactly bswa's; values in between
     interpolate.
+  fam_state_rms: None (default, the rules) or r > 0 (fam only): after every
+    block's FAM update, each FAM row is rescaled to root-mean-square r over
+    d_model. NOT part of the paper's rules: under them the FAM rows are a
+    residual stream that every block adds to, so the state's size grows
+    about linearly with the number of blocks read (docs/fam.md).
   """
   mode: str = "full"
   block_size: int = 512
@@ -59,6 +64,7 @@ class AttentionConfig:
   attention_impl: str = "auto"
   attention_chunk: int = 128
   fam_logit_bias: Optional[float] = None
+  fam_state_rms: Optional[float] = None
 
   def validate(self) -> "AttentionConfig":
     if self.mode not in ATTENTION_MODES:
@@ -85,6 +91,17 @@ class AttentionConfig:
         raise UserError(
             f"AttentionConfig.fam_logit_bias={bias!r} means nothing in mode "
             f"{self.mode!r}; use mode 'fam' or leave fam_logit_bias None.")
+    rms = self.fam_state_rms
+    if rms is not None:
+      if (not isinstance(rms, (int, float)) or isinstance(rms, bool) or
+          not math.isfinite(rms) or rms <= 0):
+        raise UserError(
+            f"AttentionConfig.fam_state_rms={rms!r} must be None or a "
+            "positive finite number.")
+      if self.mode != "fam":
+        raise UserError(
+            f"AttentionConfig.fam_state_rms={rms!r} means nothing in mode "
+            f"{self.mode!r}; use mode 'fam' or leave fam_state_rms None.")
     if self.mode == "full":
       return self
     if not isinstance(self.block_size, int) or self.block_size <= 0:

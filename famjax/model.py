@@ -331,7 +331,8 @@ class Transformer(nnx.Module):
           return attn.fam_pass(attender, layout,
                                lambda p: layer.project(p, ang_f[i]),
                                layer.finish, phi, kt, vt, n_valid[i],
-                               (i == 0) & ~continue_stream, window)
+                               (i == 0) & ~continue_stream, window,
+                               att.fam_state_rms)
 
         phi_last, fk, fv = attn.fam_chain(step, phi0, k, v)
         fk, fv = constrain(fk, KV_FAM), constrain(fv, KV_FAM)
@@ -450,7 +451,8 @@ class Transformer(nnx.Module):
           phi, _, _ = attn.fam_pass(
               attender, layout,
               lambda p: layer.project(p, self._pick(loc, ang_now)),
-              layer.finish, ls["phi"], bk, bv, blk, t == 0, window)
+              layer.finish, ls["phi"], bk, bv, blk, t == 0, window,
+              self.cfg.attention.fam_state_rms)
           _, fk, fv = layer.project(phi, self._pick(loc, ang_next))
           return phi, fk, fv
 

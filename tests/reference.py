@@ -337,6 +337,10 @@ def forward_blocks(xp, cfg, params, tokens, fam_state=None, offset=0.0):
       memory[l].append((k[:, f:], v[:, f:]))
       if fam:
         phi[l] = out[:, :f]
+        rms = att.fam_state_rms                       # option, off: rules
+        if rms is not None:
+          phi[l] = phi[l] * (rms / xp.sqrt(
+              xp.mean(phi[l] * phi[l], axis=-1, keepdims=True) + 1e-12))
       x = out[:, f:]
     outputs.append(x)
   x = xp.concatenate(outputs, axis=1)[:, :t]

@@ -32,6 +32,9 @@ CASES = [
                  2, 11, id="fam-bias-partial-gqa-b2"),
     pytest.param(gemma_cfg("fam", 4, 0, 4).with_attention(fam_logit_bias=-2.0),
                  1, 10, id="fam-bias-gemma-m0-F=B"),
+    # mode fam with fam_state_rms (outside the rules)
+    pytest.param(llama_cfg("fam", 4, 1, 2).with_attention(fam_state_rms=0.7),
+                 2, 11, id="fam-rms-partial-gqa-b2"),
     # mode bswa
     pytest.param(llama_cfg("bswa", 4, 1), 2, 11, id="bswa-partial-b2"),
     pytest.param(llama_cfg("bswa", 4, 0), 1, 10, id="bswa-m0"),
@@ -205,3 +208,19 @@ def test_gradients_match_reference():
       got = float(np.sum(g * u))
       tol = 1e-4 * max(gnorm, 1e-2 * gnorm_all)
       assert abs(got - fd) <= tol, (jax.tree_util.keystr(key), got, fd, tol)
+
+
+def test_fam_state_rms_rescales_every_fam_row():
+  """fam_state_rms = r (outside the rules): every FAM row of the final state
+  has root-mean-square r, and the logits are no longer the rules' ones
+  (None is the rules)."""
+  tok = tokens(2, 11)
+  fam = llama_cfg("fam", 4, 1, 2)
+  rules, rules_state = fast_for(fam)(tok, return_state=True)
+  out, state = fast_for(fam.with_attention(fam_state_rms=0.7))(
+      tok, return_state=True)
+  phi = np.asarray(state["fam_state"], np.float64)
+  np.testing.assert_allclose(np.sqrt((phi ** 2).mean(-1)), 0.7, rtol=1e-5)
+  rules_rms = np.sqrt((np.asarray(rules_state["fam_state"]) ** 2).mean(-1))
+  assert np.abs(rules_rms - 0.7).max() > 0.05
+  assert max_abs(out, rules) > 1e-4

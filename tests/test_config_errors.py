@@ -44,6 +44,14 @@ BAD = [
                  id="bias-in-bswa"),
     pytest.param(base("full", fam_logit_bias=-5.0), "fam_logit_bias",
                  id="bias-in-full"),
+    # fam_state_rms (outside the rules): None or a positive number, fam only
+    pytest.param(base(fam_state_rms=0.0), "fam_state_rms", id="rms=0"),
+    pytest.param(base(fam_state_rms=-1.0), "fam_state_rms", id="rms<0"),
+    pytest.param(base(fam_state_rms=float("inf")), "fam_state_rms",
+                 id="rms=inf"),
+    pytest.param(base(fam_state_rms="1"), "fam_state_rms", id="rms-str"),
+    pytest.param(base("bswa", fam_state_rms=1.0), "fam_state_rms",
+                 id="rms-in-bswa"),
     # model
     pytest.param(model_kw(num_heads=4, num_kv_heads=3), "num_kv_heads",
                  id="kv-not-dividing"),
