@@ -77,9 +77,13 @@ def far_batch(rng, n, blocks, block, depth=None):
   return toks, w
 
 
-def as_batch(toks, w, cont=None):
+def as_batch(toks, w, cont=None, answers=None):
+  """answers [n, T]: targets where w > 0 that the inputs do not show."""
+  targets = toks[:, 1:]
+  if answers is not None:
+    targets = np.where(w > 0, answers, targets)
   batch = {"decoder_input_tokens": toks[:, :-1],
-           "decoder_target_tokens": toks[:, 1:], "decoder_loss_weights": w}
+           "decoder_target_tokens": targets, "decoder_loss_weights": w}
   if cont is not None:
     batch["fam_continue"] = cont
   return batch
@@ -87,7 +91,9 @@ def as_batch(toks, w, cont=None):
 
 class Streams:
   """n endless digit streams; `next(blocks, block)` cuts the next piece of
-  each (tokens [n, T+1], weights [n, T], continues [n])."""
+  each (tokens [n, T+1], weights [n, T], continues [n], answers [n, T]).
+  The answer of a question is its target only: the input after the question
+  is filler, so answers never re-write the digit into the stream."""
 
   def __init__(self, rng, n, p_digit, p_question, p_reset):
     self.rng, self.n = rng, n
@@ -99,6 +105,7 @@ class Streams:
     rng, n = self.rng, self.n
     toks = rng.randint(FILLER_LO, VOCAB, (n, blocks * block + 1))
     w = np.zeros((n, blocks * block), np.float32)
+    answers = np.zeros((n, blocks * block), np.int64)
     cont = (self.digit >= 0) & (rng.rand(n) >= self.p_reset)
     self.digit[~cont] = -1
     self.wait[~cont] = rng.randint(0, blocks, (~cont).sum())
@@ -113,9 +120,9 @@ class Streams:
         toks[r, lo + rng.randint(0, block)] = self.digit[r]
       for r in np.flatnonzero(ask):
         q = lo + rng.randint(0, block - 1)
-        toks[r, q], toks[r, q + 1] = QUESTION, self.digit[r]
+        toks[r, q], answers[r, q] = QUESTION, self.digit[r]
         w[r, q] = 1.0
-    return toks, w, cont.astype(np.int32)
+    return toks, w, cont.astype(np.int32), answers
 
 
 def build(args):
@@ -160,7 +167,8 @@ def train(model, args, log):
   for s in range(total):
     cont = np.zeros(args.batch, np.int32) if stream else None
     if s >= args.dense_steps + args.far_steps + far2:
-      phase, (*toks, cont) = "stream", streams.next(args.blocks, args.block)
+      phase, (*toks, cont, ans) = "stream", streams.next(args.blocks,
+                                                         args.block)
     elif s < args.dense_steps:
       phase, toks = "dense", dense_batch(rng, args.batch, args.blocks,
                                          args.block)
@@ -171,7 +179,8 @@ def train(model, args, log):
     else:
       phase, toks = "far2", far_batch(rng, args.batch, args.far2_blocks,
                                       args.block)
-    state, m = step(state, as_batch(*toks, cont))
+    state, m = step(state, as_batch(*toks, cont,
+                                    ans if phase == "stream" else None))
     if s % args.log_every == 0 or s == total - 1:
       m = jax.device_get(m)
       curve.append([s, phase, float(m["loss"]), float(m["accuracy"])])
@@ -180,9 +189,10 @@ def train(model, args, log):
   return state["params"], curve, time.time() - t0
 
 
-def scorer(model):
+def scorer(model, with_state=False):
   """jit (params, tokens [n, T+1], weights [n, T]) -> weighted accuracy of
-  the argmax (initial FAM, no position offset)."""
+  the argmax (initial FAM, no position offset); with_state: also the root-
+  mean-square of the final FAM state per layer [L] (fam only)."""
   import jax
   import jax.numpy as jnp
   from flax import nnx
@@ -190,27 +200,43 @@ def scorer(model):
 
   @jax.jit
   def correct(p, toks, w):
-    logits = nnx.merge(graphdef, p, rest)(toks[:, :-1])
+    logits, aux = nnx.merge(graphdef, p, rest)(toks[:, :-1],
+                                               return_state=True)
     ok = jnp.argmax(logits, -1) == toks[:, 1:]
-    return jnp.sum(ok * w) / jnp.sum(w)
+    acc = jnp.sum(ok * w) / jnp.sum(w)
+    if not with_state:
+      return acc
+    phi = aux["fam_state"].astype(jnp.float32)          # [L, n, F, d]
+    return acc, jnp.sqrt(jnp.mean(jnp.square(phi), axis=(1, 2, 3)))
 
   return correct
 
 
-def evaluate(model, params, args):
-  """{blocks: {depth: accuracy}} of far sequences, initial FAM, no offset."""
-  correct = scorer(model)
+def evaluate(model, params, args, state_rms=None):
+  """{blocks: {depth: accuracy}} of far sequences, initial FAM, no offset;
+  state_rms (a dict, fam): filled with {blocks: [RMS of the final FAM state
+  per layer]}, averaged over the depths."""
+  fam = args.mode == "fam"
+  correct = scorer(model, with_state=fam)
   out = {}
   for mult in [int(x) for x in args.eval_mults.split(",")]:
     blocks = args.blocks * mult
     rng = np.random.RandomState(1000 + blocks)
     out[str(blocks)] = {}
+    rmss = []
     for depth in (0.0, 0.5, 1.0):
       accs = []
       for _ in range(max(1, args.eval_samples // args.eval_batch)):
         toks, w = far_batch(rng, args.eval_batch, blocks, args.block, depth)
-        accs.append(float(correct(params, toks, w)))
+        if fam:
+          acc, rms = correct(params, toks, w)
+          rmss.append(np.asarray(rms))
+        else:
+          acc = correct(params, toks, w)
+        accs.append(float(acc))
       out[str(blocks)][str(depth)] = float(np.mean(accs))
+    if fam and state_rms is not None:
+      state_rms[str(blocks)] = np.mean(rmss, axis=0).round(4).tolist()
   return out
 
 
@@ -293,15 +319,18 @@ def main(argv=None):
 
   model = build(args)
   params, curve, train_s = train(model, args, log)
-  res = evaluate(model, params, args)
+  rms = {}
+  res = evaluate(model, params, args, rms)
   for blocks, row in res.items():
     log(f"{args.mode} {blocks} blocks: " +
-        " ".join(f"depth {d}: {a:.0%}" for d, a in row.items()))
+        " ".join(f"depth {d}: {a:.0%}" for d, a in row.items()) +
+        (f"; FAM state RMS by layer {rms[blocks]}" if blocks in rms else ""))
   if args.out:
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as fh:
       json.dump({"args": vars(args), "train_s": round(train_s, 1),
-                 "curve": curve, "accuracy": res}, fh, indent=1)
+                 "curve": curve, "accuracy": res, "fam_state_rms": rms},
+                fh, indent=1)
     heatmap(os.path.splitext(args.out)[0] + ".png", res, title(args))
     log(f"wrote {args.out}")
   return res

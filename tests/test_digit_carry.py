@@ -54,29 +54,57 @@ def test_far_batch_layout():
 
 def test_streams_answer_the_newest_digit_across_pieces():
   """Each question's answer is the newest digit before it in the row's
-  stream, looking back across earlier pieces when the row continues; a row
-  that starts anew (continues = 0) has its digit before its first question
+  stream, looking back across earlier pieces when the row continues; the
+  answer is a target only (the input after a question is filler); a row
+  that starts anew (continues = 0) gets its digit before its first question
   and is never answered from the stream before."""
   rng = np.random.RandomState(0)
   s = dc.Streams(rng, 6, p_digit=0.2, p_question=0.5, p_reset=0.2)
   newest = [None] * 6
   starts = asked = far = 0
   for _ in range(40):
-    toks, w, cont = s.next(4, 8)
-    assert toks.shape == (6, 33) and w.shape == (6, 32)
+    toks, w, cont, answers = s.next(4, 8)
+    assert toks.shape == (6, 33) and w.shape == answers.shape == (6, 32)
+    batch = dc.as_batch(toks, w, cont, answers)
+    np.testing.assert_array_equal(batch["fam_continue"], cont)
     for r in range(6):
       if not cont[r]:
         newest[r], starts = None, starts + 1
       row, qs = toks[r], set(np.flatnonzero(w[r]))
-      assert all(row[q] == dc.QUESTION for q in qs)
-      i = 0
-      while i < 32:
+      for i in range(32):
         if i in qs:
-          assert newest[r] is not None and row[i + 1] == newest[r]
+          assert row[i] == dc.QUESTION and row[i + 1] >= 10   # not shown
+          assert newest[r] is not None
+          assert batch["decoder_target_tokens"][r, i] == newest[r]
           far += int(all(row[j] >= 10 for j in range(0, i)))  # from before
-          asked, i = asked + 1, i + 2                          # skip answer
-          continue
-        if row[i] < 10:
+          asked += 1
+        elif row[i] < 10:
           newest[r] = row[i]
-        i += 1
   assert starts > 6 and asked > 100 and far > 10      # all cases occur
+
+
+def test_evaluate_reports_the_fam_state_size():
+  """evaluate's FAM state RMS per layer: the rescaled value under
+  fam_state_rms, and the plain state's own RMS (a direct forward) without."""
+  import jax.numpy as jnp
+  from famjax import params_io
+  for rms in (0.5, None):
+    args = argparse.Namespace(
+        mode="fam", block=8, memory=0, fam_length=2, blocks=2, d_model=32,
+        layers=2, heads=2, seed=0, fam_state_rms=rms, eval_mults="1,4",
+        eval_samples=4, eval_batch=4)
+    model = dc.build(args)
+    params = params_io.params_dict(model)
+    got = {}
+    acc = dc.evaluate(model, params, args, got)
+    assert set(got) == set(acc) == {"2", "8"}
+    if rms:
+      np.testing.assert_allclose(np.array(list(got.values())), rms, rtol=1e-3)
+    else:
+      rng = np.random.RandomState(1000 + 8)
+      phis = []
+      for depth in (0.0, 0.5, 1.0):
+        toks, _ = dc.far_batch(rng, 4, 8, 8, depth)
+        _, aux = model(jnp.asarray(toks[:, :-1]), return_state=True)
+        phis.append(np.sqrt((np.asarray(aux["fam_state"]) ** 2).mean((1, 2, 3))))
+      np.testing.assert_allclose(got["8"], np.mean(phis, 0), rtol=1e-3)
