@@ -25,7 +25,8 @@ scan, Random State Passing, Random Position Offset, AdamW) in two phases:
          through the FAM). New digits appear now and then (the newest one
          counts), questions often; a row starts a new stream (from the
          initial FAM, its first digit after 0 to blocks - 1 filler blocks)
-         with --stream_reset a step; --stream_digit 0: one digit a stream.
+         with --stream_reset a step; --stream_digit 0: one digit a stream;
+         --stream_digit_start: a curriculum from short gaps to long ones.
 Evaluation: `far` sequences of 1x to 64x the training blocks, the needle at
 depth 0, 0.5 and 1 (block 0, the middle block, the block before the
 question); accuracy = argmax of the answer (greedy decoding).
@@ -125,6 +126,11 @@ class Streams:
     return toks, w, cont.astype(np.int32), answers
 
 
+def annealed(start, end, i, n):
+  """Step i of n of a geometric anneal from `start` to `end`."""
+  return start * (end / start) ** (i / max(n - 1, 1))
+
+
 def build(args):
   from flax import nnx
   from famjax import ModelConfig, Transformer
@@ -167,6 +173,10 @@ def train(model, args, log):
   for s in range(total):
     cont = np.zeros(args.batch, np.int32) if stream else None
     if s >= args.dense_steps + args.far_steps + far2:
+      start = getattr(args, "stream_digit_start", None)
+      if start is not None:
+        streams.p_digit = annealed(start, args.stream_digit,
+                                   s - (total - stream), stream)
       phase, (*toks, cont, ans) = "stream", streams.next(args.blocks,
                                                          args.block)
     elif s < args.dense_steps:
@@ -300,6 +310,10 @@ def main(argv=None):
                  help="a last phase of endless per-row streams")
   p.add_argument("--stream_digit", type=float, default=1 / 48,
                  help="chance of a new digit in a stream block")
+  p.add_argument("--stream_digit_start", type=float, default=None,
+                 help="anneal the new-digit chance from this value to "
+                      "--stream_digit over the stream phase (a gap "
+                      "curriculum)")
   p.add_argument("--stream_question", type=float, default=0.25,
                  help="chance of a question in a stream block")
   p.add_argument("--stream_reset", type=float, default=0.02,

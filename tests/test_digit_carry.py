@@ -108,3 +108,11 @@ def test_evaluate_reports_the_fam_state_size():
         _, aux = model(jnp.asarray(toks[:, :-1]), return_state=True)
         phis.append(np.sqrt((np.asarray(aux["fam_state"]) ** 2).mean((1, 2, 3))))
       np.testing.assert_allclose(got["8"], np.mean(phis, 0), rtol=1e-3)
+
+
+def test_gap_curriculum_anneals_geometrically():
+  vals = [dc.annealed(0.25, 1 / 48, i, 9) for i in range(9)]
+  assert vals[0] == 0.25 and abs(vals[-1] - 1 / 48) < 1e-12
+  ratios = np.array(vals[1:]) / np.array(vals[:-1])
+  np.testing.assert_allclose(ratios, ratios[0])          # geometric
+  assert ratios[0] < 1
