@@ -185,13 +185,15 @@ def train(model, args, log):
     elif s < args.dense_steps + args.far_steps:
       phase, toks = "far", far_batch(rng, args.batch, args.blocks, args.block)
     elif getattr(args, "far2_mix", 0) and s % 2 == 0:
-      phase, toks = "far2", far_batch(rng, args.batch, args.blocks, args.block)
+      phase, toks = "far", far_batch(rng, args.batch, args.blocks, args.block)
     else:
       phase, toks = "far2", far_batch(rng, args.batch, args.far2_blocks,
                                       args.block)
     state, m = step(state, as_batch(*toks, cont,
                                     ans if phase == "stream" else None))
-    if s % args.log_every == 0 or s == total - 1:
+    mixed = getattr(args, "far2_mix", 0) and phase.startswith("far")
+    if (s % args.log_every == 0 or s == total - 1 or
+        (mixed and s % args.log_every == 1)):    # the other length too
       m = jax.device_get(m)
       curve.append([s, phase, float(m["loss"]), float(m["accuracy"])])
       log(f"{args.mode} step {s} ({phase}) loss {curve[-1][2]:.4f} "
