@@ -142,8 +142,7 @@ def build(args):
       attention=AttentionConfig(mode=args.mode, block_size=args.block,
                                 memory_segments=args.memory,
                                 fam_length=args.fam_length,
-                                fam_state_rms=getattr(args, "fam_state_rms",
-                                                      None)))
+                                fam_state_rms=args.fam_state_rms))
   return Transformer(cfg, rngs=nnx.Rngs(args.seed))
 
 
@@ -156,24 +155,24 @@ def train(model, args, log):
   keys = trainer.trainable_keys(params, "all")
   sched = optax.constant_schedule(args.lr)
   tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched))
-  stream = getattr(args, "stream_steps", 0)
+  stream = args.stream_steps
   cfg = trainer.StepConfig(p_rsp=args.p_rsp if args.mode == "fam" else 0.0,
                            random_position_offset=bool(args.rpo),
                            state_passing="rows" if stream else "row0")
   state = trainer.init_state(model, tx, keys, seed=args.seed,
-                             rsp_rows=args.batch if stream else None)
+                             rsp_rows=cfg.rsp_rows(args.batch))
   step = trainer.make_train_step(model, tx, sched, keys, cfg)
   rng = np.random.RandomState(args.seed)
   curve, t0 = [], time.time()
-  far2 = getattr(args, "far2_steps", 0)
+  far2 = args.far2_steps
   total = args.dense_steps + args.far_steps + far2 + stream
-  streams = Streams(rng, args.batch, getattr(args, "stream_digit", 0.0),
-                    getattr(args, "stream_question", 0.0),
-                    getattr(args, "stream_reset", 0.0))
+  streams = Streams(rng, args.batch, args.stream_digit,
+                    args.stream_question,
+                    args.stream_reset)
   for s in range(total):
     cont = np.zeros(args.batch, np.int32) if stream else None
     if s >= args.dense_steps + args.far_steps + far2:
-      start = getattr(args, "stream_digit_start", None)
+      start = args.stream_digit_start
       if start is not None:
         streams.p_digit = annealed(start, args.stream_digit,
                                    s - (total - stream), stream)
@@ -184,14 +183,14 @@ def train(model, args, log):
                                          args.block)
     elif s < args.dense_steps + args.far_steps:
       phase, toks = "far", far_batch(rng, args.batch, args.blocks, args.block)
-    elif getattr(args, "far2_mix", 0) and s % 2 == 0:
+    elif args.far2_mix and s % 2 == 0:
       phase, toks = "far", far_batch(rng, args.batch, args.blocks, args.block)
     else:
       phase, toks = "far2", far_batch(rng, args.batch, args.far2_blocks,
                                       args.block)
     state, m = step(state, as_batch(*toks, cont,
                                     ans if phase == "stream" else None))
-    mixed = getattr(args, "far2_mix", 0) and phase.startswith("far")
+    mixed = args.far2_mix and phase.startswith("far")
     if (s % args.log_every == 0 or s == total - 1 or
         (mixed and s % args.log_every == 1)):    # the other length too
       m = jax.device_get(m)
@@ -254,13 +253,13 @@ def evaluate(model, params, args, state_rms=None):
 
 def title(args) -> str:
   t = f"digit carry, {args.mode}: trained on {args.blocks} blocks of {args.block}"
-  if getattr(args, "far2_steps", 0):
-    mix = '8/' if getattr(args, 'far2_mix', 0) else ''
+  if args.far2_steps:
+    mix = '8/' if args.far2_mix else ''
     t += (f", then {mix}{args.far2_blocks} blocks"
           f" (lr {args.lr:g})")
-  if getattr(args, "fam_state_rms", None):
+  if args.fam_state_rms:
     t += f", FAM rows rescaled to RMS {args.fam_state_rms:g}"
-  if getattr(args, "stream_steps", 0):
+  if args.stream_steps:
     t += f", then {args.stream_steps} stream steps (lr {args.lr:g})"
   return t
 
@@ -286,7 +285,7 @@ def heatmap(path, res, caption):
   plotting._save(fig, path, caption)  # pylint: disable=protected-access
 
 
-def main(argv=None):
+def parser():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--mode", default="fam", choices=("fam", "bswa"))
   p.add_argument("--block", type=int, default=16)
@@ -328,7 +327,21 @@ def main(argv=None):
   p.add_argument("--eval_batch", type=int, default=32)
   p.add_argument("--log_every", type=int, default=50)
   p.add_argument("--out", default=None)
-  args = p.parse_args(argv)
+  return p
+
+
+def arguments(**overrides):
+  """The command line's defaults with `overrides` (for callers in Python)."""
+  args = parser().parse_args([])
+  for k, v in overrides.items():
+    if not hasattr(args, k):
+      raise TypeError(f"digit_carry has no argument {k!r}")
+    setattr(args, k, v)
+  return args
+
+
+def main(argv=None):
+  args = parser().parse_args(argv)
 
   def log(msg):
     print(time.strftime("%H:%M:%S"), msg, flush=True)

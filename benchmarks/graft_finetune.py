@@ -203,7 +203,7 @@ def train_batch(stream, pieces, step, args, cursors=None):
       ids, w = passkey_train_row(pieces, n, rng, args.passkey_asks)
       w = w * args.passkey_weight
     else:
-      s = rng.randint(0, len(stream) - n)
+      s = rng.randint(0, len(stream) - n)     # drawn always: same rng stream
       if cursors is not None:
         go_on = (cursors[r] is not None and cursors[r] + n <= len(stream)
                  and rng.rand() >= args.stream_reset)
@@ -332,15 +332,15 @@ def train(model, stream, pieces, args, mode, record, save):
   sched = optax.warmup_constant_schedule(0.0, args.lr, args.warmup)
   tx = optax.chain(optax.clip_by_global_norm(1.0),
                    optax.adamw(sched, b1=0.9, b2=0.95, weight_decay=0.0))
-  rows = args.state_passing == "rows"
   cfg = trainer.StepConfig(
       microbatches=args.microbatches,
       p_rsp=args.p_rsp if mode == "fam" else 0.0,
       random_position_offset=args.rpo and mode != "full",
       state_passing=args.state_passing).validate(args.batch)
   state = trainer.init_state(model, tx, keys, seed=args.seed,
-                             rsp_rows=args.batch if rows else None)
-  cursors = [None] * args.batch if rows else None   # the same data every mode
+                             rsp_rows=cfg.rsp_rows(args.batch))
+  cursors = ([None] * args.batch if args.state_passing == "rows"
+             else None)                              # the same data every mode
   step = trainer.make_train_step(model, tx, sched, keys, cfg)
   n_tr = sum(int(np.prod(v.shape)) for k, v in trainer.flat(params).items()
              if k in keys)

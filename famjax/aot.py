@@ -160,9 +160,8 @@ def _model_and_state(args, platform):
     raise UserError(str(e)) from None
   steps = args["num_steps"] if isinstance(args["num_steps"], int) else 1
   tx, schedule = make_optimizer(trainer.split_params(params0, keys)[0], steps)
-  step_cfg = args["step_config"] or trainer.StepConfig()
-  rows = (int(args["batch_size"]) if step_cfg.state_passing == "rows"
-          else None)
+  rows = (args["step_config"] or trainer.StepConfig()).rsp_rows(
+      int(args["batch_size"]))
   state = jax.eval_shape(lambda: trainer.init_state(
       Transformer(cfg, rngs=nnx.Rngs(seed)), tx, keys, seed=seed,
       rsp_rows=rows))

@@ -7,15 +7,13 @@ answer is that digit) with m = 0 memory segments, a block can only get the
 digit through the FAM. `fam` must learn it; `bswa` with the same m = 0 has
 no path and must stay near chance (10%).
 """
-import argparse
-
 import numpy as np
 
 from benchmarks import digit_carry as dc
 
 
 def _args(mode):
-  return argparse.Namespace(
+  return dc.arguments(
       mode=mode, block=8, memory=0, fam_length=2, blocks=4, d_model=32,
       layers=2, heads=2, batch=32, lr=3e-3, dense_steps=250, far_steps=0,
       p_rsp=0.0, rpo=0, seed=0, log_every=1000)
@@ -89,7 +87,7 @@ def test_evaluate_reports_the_fam_state_size():
   import jax.numpy as jnp
   from famjax import params_io
   for rms in (0.5, None):
-    args = argparse.Namespace(
+    args = dc.arguments(
         mode="fam", block=8, memory=0, fam_length=2, blocks=2, d_model=32,
         layers=2, heads=2, seed=0, fam_state_rms=rms, eval_mults="1,4",
         eval_samples=4, eval_batch=4)

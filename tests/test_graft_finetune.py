@@ -108,13 +108,16 @@ def test_run_random_weights_matches_a_plain_forward(tmp_path):
          "tie_embeddings": True, "rope_theta": 100000.0}
   meta = {"tokens": {}, "eos": 0, "pieces": PIECES, "model_config": cfg}
   (data / "meta.json").write_text(json.dumps(meta))
+  def tiny_run(out, *flags):
+    gf.main(["run", "--data", str(data), "--out", str(out),
+             "--random_weights", "--tiny", "--steps", "2", "--seq_len", "64",
+             "--batch", "4", "--microbatches", "2", "--block", "32",
+             "--eval_len", "256", "--lora_rank", "4", "--dtype", "float32",
+             "--passkey_frac", "0.5", *flags])
+
   out = tmp_path / "out"
-  gf.main(["run", "--data", str(data), "--out", str(out), "--random_weights",
-           "--tiny", "--modes", "bswa", "--steps", "2", "--seq_len", "64",
-           "--batch", "4", "--microbatches", "2", "--block", "32",
-           "--eval_len", "256", "--eval_windows", "2", "--bucket", "64",
-           "--passkey_lengths", "128,256", "--passkey_depths", "0,1",
-           "--lora_rank", "4", "--dtype", "float32", "--passkey_frac", "0.5"])
+  tiny_run(out, "--modes", "bswa", "--eval_windows", "2", "--bucket", "64",
+           "--passkey_lengths", "128,256", "--passkey_depths", "0,1")
   res = json.loads((out / "graft_finetune.json").read_text())
   rec = res["modes"]["bswa"]
   assert rec["train"]["steps"] == 2
@@ -136,13 +139,9 @@ def test_run_random_weights_matches_a_plain_forward(tmp_path):
       math.exp(nll[:, 64:128].mean()), rel=1e-4)
   # fam, each text row reading on through the books from its own state.
   out2 = tmp_path / "out_fam"
-  gf.main(["run", "--data", str(data), "--out", str(out2), "--random_weights",
-           "--tiny", "--modes", "fam", "--steps", "2", "--seq_len", "64",
-           "--batch", "4", "--microbatches", "2", "--block", "32",
-           "--fam_length", "8", "--eval_len", "256", "--eval_windows", "1",
-           "--passkey_lengths", "128", "--passkey_depths", "0",
-           "--lora_rank", "4", "--dtype", "float32", "--passkey_frac", "0.5",
-           "--state_passing", "rows", "--p_rsp", "0"])
+  tiny_run(out2, "--modes", "fam", "--fam_length", "8", "--eval_windows",
+           "1", "--passkey_lengths", "128", "--passkey_depths", "0",
+           "--state_passing", "rows", "--p_rsp", "0")
   fam = json.loads((out2 / "graft_finetune.json").read_text())["modes"]["fam"]
   assert fam["train"]["step_config"]["state_passing"] == "rows"
   assert all(math.isfinite(l) for _, l, _ in fam["train"]["losses"])

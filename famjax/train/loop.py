@@ -217,8 +217,7 @@ class TrainLoop:
         self.cfg, seed=o.seed, trainable=o.trainable, num_steps=o.num_steps,
         mesh_shape=o.mesh_shape, sharding_rules=o.sharding_rules,
         load_params_from=None if resuming else o.load_params_from,
-        rsp_rows=(o.batch_size if self.step_cfg.state_passing == "rows"
-                  else None))
+        rsp_rows=self.step_cfg.rsp_rows(o.batch_size))
     self.state, self.built.state = self.built.state, None   # donated later
     self.start, data_state = self._restore() if resuming else (0, None)
     self.saved = {self.start} if resuming else set()

@@ -81,6 +81,10 @@ class StepConfig:
                        f"unknown; use one of {STATE_PASSING}.")
     return self
 
+  def rsp_rows(self, batch_size: int) -> int | None:
+    """`init_state`'s rsp_rows: one kept state a row under "rows"."""
+    return batch_size if self.state_passing == "rows" else None
+
 
 STATE_PASSING = ("row0", "rows")
 CONTINUE = "fam_continue"
