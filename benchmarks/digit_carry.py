@@ -158,7 +158,9 @@ def train(model, args, log):
   stream = args.stream_steps
   cfg = trainer.StepConfig(p_rsp=args.p_rsp if args.mode == "fam" else 0.0,
                            random_position_offset=bool(args.rpo),
-                           state_passing="rows" if stream else "row0")
+                           state_passing="rows" if stream else "row0",
+                           fam_growth_penalty=(args.growth_penalty
+                                               if args.mode == "fam" else 0.0))
   state = trainer.init_state(model, tx, keys, seed=args.seed,
                              rsp_rows=cfg.rsp_rows(args.batch))
   step = trainer.make_train_step(model, tx, sched, keys, cfg)
@@ -195,8 +197,10 @@ def train(model, args, log):
         (mixed and s % args.log_every == 1)):    # the other length too
       m = jax.device_get(m)
       curve.append([s, phase, float(m["loss"]), float(m["accuracy"])])
+      grow = (f" growth {float(m['fam_growth']):.3f}" if "fam_growth" in m
+              else "")
       log(f"{args.mode} step {s} ({phase}) loss {curve[-1][2]:.4f} "
-          f"acc {curve[-1][3]:.3f} {time.time() - t0:.0f}s")
+          f"acc {curve[-1][3]:.3f}{grow} {time.time() - t0:.0f}s")
   return state["params"], curve, time.time() - t0
 
 
@@ -261,6 +265,8 @@ def title(args) -> str:
     t += f", FAM rows rescaled to RMS {args.fam_state_rms:g}"
   if args.stream_steps:
     t += f", then {args.stream_steps} stream steps (lr {args.lr:g})"
+  if args.growth_penalty:
+    t += f", growth penalty {args.growth_penalty:g}"
   return t
 
 
@@ -319,6 +325,9 @@ def parser():
                  help="chance of a question in a stream block")
   p.add_argument("--stream_reset", type=float, default=0.02,
                  help="chance a step that a row starts a new stream")
+  p.add_argument("--growth_penalty", type=float, default=0.0,
+                 help="StepConfig.fam_growth_penalty: a training loss on the "
+                      "growth of the FAM state's RMS over a sequence")
   p.add_argument("--p_rsp", type=float, default=0.0)
   p.add_argument("--rpo", type=int, default=1)
   p.add_argument("--seed", type=int, default=0)

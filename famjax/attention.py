@@ -186,17 +186,20 @@ def fam_chain(step: Callable, phi0, k, v, unroll: int = 1):
   """The FAM recurrence over all blocks of one layer.
 
   step(phi, k_t, v_t, t) -> (phi_t, fam_k_t, fam_v_t) runs one `fam_pass`.
-  k, v: [b, n, B, K, D] block keys of this layer. Returns the last phi and
-  the FAM keys / values of every block's pass, [b, n, F, K, D].
+  k, v: [b, n, B, K, D] block keys of this layer. Returns the last phi, the
+  FAM keys / values of every block's pass, [b, n, F, K, D], and the
+  root-mean-square of every block's new FAM rows, [b, n] float32 (unused
+  outputs cost nothing: XLA drops them).
   """
   n = k.shape[1]
 
   def body(phi, xs):
     kt, vt, t = xs
     phi, fk, fv = step(phi, kt, vt, t)
-    return phi, (fk, fv)
+    p32 = phi.astype(jnp.float32)
+    return phi, (fk, fv, jnp.sqrt(jnp.mean(p32 * p32, axis=(-2, -1))))
 
-  phi, (fk, fv) = jax.lax.scan(
+  phi, (fk, fv, rms) = jax.lax.scan(
       body, phi0, (k.swapaxes(0, 1), v.swapaxes(0, 1), jnp.arange(n)),
       unroll=unroll)
-  return phi, fk.swapaxes(0, 1), fv.swapaxes(0, 1)
+  return phi, fk.swapaxes(0, 1), fv.swapaxes(0, 1), rms.swapaxes(0, 1)

@@ -269,7 +269,8 @@ class Transformer(nnx.Module):
       seen.
     position_offset: float added to every RoPE position (Random Position
       Offset; training only).
-    return_state: also return {"fam_state": last Phi per layer [L, b, F, d]}.
+    return_state: also return {"fam_state": last Phi per layer [L, b, F, d],
+      "fam_rms": root-mean-square of every block's Phi [L, b, n] (float32)}.
     """
     check_token_ids(tokens, self.cfg.vocab_size)
     cfg, att, (b, t) = self.cfg, self.cfg.attention, tokens.shape
@@ -321,7 +322,7 @@ class Transformer(nnx.Module):
                               self._pick(loc, blk_angles))
       q = constrain(q, Q_BLOCKS)
       k, v = constrain(k, KV_BLOCKS), constrain(v, KV_BLOCKS)
-      fk = fv = phi_last = None
+      fk = fv = phi_last = rms = None
       if att.mode == "fam":
         phi0 = constrain(phi_init if phi_given is None else jnp.where(
             use_fam_state, phi_given, phi_init), FAM_ROWS)
@@ -334,20 +335,20 @@ class Transformer(nnx.Module):
                                (i == 0) & ~continue_stream, window,
                                att.fam_state_rms)
 
-        phi_last, fk, fv = attn.fam_chain(step, phi0, k, v)
+        phi_last, fk, fv, rms = attn.fam_chain(step, phi0, k, v)
         fk, fv = constrain(fk, KV_FAM), constrain(fv, KV_FAM)
         phi_init = self._prompt_pass(layer, loc, phi_init, position_offset)
       o = constrain(attender(q, layout.block_rows(k, v, fk, fv, window)),
                     Q_BLOCKS)
       o = o.reshape(b, n * blk, *o.shape[3:])[:, :t]
-      return (layer.finish(x, o), phi_init), phi_last
+      return (layer.finish(x, o), phi_init), (phi_last, rms)
 
     fam = att.mode == "fam"
-    (x, _), phis = self._scan_layers(body, (x, phi_init if fam else None),
-                                     fam_state if fam else None)
+    (x, _), (phis, rmss) = self._scan_layers(
+        body, (x, phi_init if fam else None), fam_state if fam else None)
     out = self.logits(x)
     if return_state:
-      return out, ({"fam_state": phis} if att.mode == "fam" else {})
+      return out, ({"fam_state": phis, "fam_rms": rmss} if fam else {})
     return out
 
   # --------------------------------------------------------------- streaming

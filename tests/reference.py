@@ -285,8 +285,12 @@ def fam_bias_matrix(cfg, row_kind, key_kind):
   return out
 
 
-def forward_blocks(xp, cfg, params, tokens, fam_state=None, offset=0.0):
-  """Block-outer bswa / fam. Returns (logits [b, T, V], Phi [L, b, F, d])."""
+def forward_blocks(xp, cfg, params, tokens, fam_state=None, offset=0.0,
+                   block_rms=None):
+  """Block-outer bswa / fam. Returns (logits [b, T, V], Phi [L, b, F, d]).
+
+  block_rms: a list that receives, after every block, the root-mean-square
+  of each layer's new Phi ([L, b] per block)."""
   att = cfg.attention
   fam = att.mode == "fam"
   bsz, t = tokens.shape
@@ -342,6 +346,9 @@ def forward_blocks(xp, cfg, params, tokens, fam_state=None, offset=0.0):
           phi[l] = phi[l] * (rms / xp.sqrt(
               xp.mean(phi[l] * phi[l], axis=-1, keepdims=True) + 1e-12))
       x = out[:, f:]
+    if fam and block_rms is not None:
+      block_rms.append(xp.stack([xp.sqrt(xp.mean(p * p, axis=(-2, -1)))
+                                 for p in phi]))
     outputs.append(x)
   x = xp.concatenate(outputs, axis=1)[:, :t]
   logits = head(xp, cfg, params, x)
@@ -350,11 +357,11 @@ def forward_blocks(xp, cfg, params, tokens, fam_state=None, offset=0.0):
 
 
 def forward(cfg, params, tokens, *, fam_state=None, position_offset=None,
-            xp=np):
+            xp=np, block_rms=None):
   """Reference logits [b, T, V] and (fam) the final FAM state [L, b, F, d].
 
   xp=np: float64 numpy (default); xp=jnp: float32 jax (differentiable in
-  `params`).
+  `params`). block_rms: see `forward_blocks`.
   """
   if xp is np:
     params = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
@@ -363,4 +370,4 @@ def forward(cfg, params, tokens, *, fam_state=None, position_offset=None,
   offset = 0.0 if position_offset is None else float(position_offset)
   if cfg.attention.mode == "full":
     return forward_full(xp, cfg, params, tokens, offset), None
-  return forward_blocks(xp, cfg, params, tokens, fam_state, offset)
+  return forward_blocks(xp, cfg, params, tokens, fam_state, offset, block_rms)

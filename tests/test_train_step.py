@@ -12,6 +12,8 @@ from flax import nnx
 from famjax import AttentionConfig, ModelConfig, Transformer
 from famjax.train import optimizers, trainer
 
+from tests import reference
+
 CFG = ModelConfig(vocab_size=64, d_model=32, num_layers=2, num_heads=2,
                   ffn_dim=64, attention=AttentionConfig(
                       mode="fam", block_size=8, memory_segments=1,
@@ -110,6 +112,59 @@ def test_random_state_passing(p_rsp):
   want = with_state if p_rsp == 1.0 else from_prompt
   np.testing.assert_allclose(m2["loss"], want, atol=1e-5)
   assert float(m2["rsp_used"]) == p_rsp
+
+
+@pytest.mark.parametrize("p_rsp", [0.0, 1.0])
+def test_fam_growth_penalty(p_rsp):
+  """The step's update is the gradient of cross-entropy + lam * the mean
+  squared log-change of the FAM state's RMS from block to block, both from
+  the block-outer reference of docs/fam.md."""
+  lam = 0.5
+  cfg = trainer.StepConfig(p_rsp=p_rsp, random_position_offset=False,
+                           fam_growth_penalty=lam)
+  model, state, step = setup(cfg)
+  b1, b2 = make_batch(1, b=4), make_batch(2, b=4)
+
+  def ref_loss(params, batch, start=None):
+    rms = []
+    logits, _ = reference.forward(
+        CFG, params, np.asarray(batch["decoder_input_tokens"]), xp=jnp,
+        block_rms=rms, fam_state=None if start is None else np.broadcast_to(
+            start[:, None], (2, 4) + start.shape[1:]))
+    lp = jax.nn.log_softmax(logits, -1)
+    nll = -jnp.take_along_axis(lp, batch["decoder_target_tokens"][..., None],
+                               -1)[..., 0]
+    w = batch["decoder_loss_weights"]
+    ce = jnp.sum(nll * w) / jnp.sum(w)
+    r = jnp.log(jnp.stack(rms, -1))                    # [L, b, n]
+    g = jnp.mean(jnp.square(r[..., 1:] - r[..., :-1]))
+    return ce + lam * g, (ce, g, jnp.stack(rms, -1))
+
+  # SGD at learning rate 1: the update is the gradient.
+  p0 = copy(state["params"])
+  state, m1 = step(state, b1)
+  (_, (ce, g, rms)), grads = jax.value_and_grad(ref_loss, has_aux=True)(
+      p0, b1)
+  np.testing.assert_allclose(m1["loss"], ce, atol=1e-5)
+  np.testing.assert_allclose(m1["fam_growth"], g, rtol=1e-4)
+  assert float(g) > 1e-3                     # the state's size does change
+  _, aux = nnx.merge(nnx.graphdef(model), p0)(
+      jnp.asarray(b1["decoder_input_tokens"]), return_state=True)
+  assert aux["fam_rms"].shape == (2, 4, 4)   # [L, b, blocks]
+  np.testing.assert_allclose(aux["fam_rms"], rms, rtol=1e-5)
+  moved = jax.tree.map(lambda x, y: x - np.asarray(y), p0, state["params"])
+  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(moved)):
+    np.testing.assert_allclose(a, b, atol=3e-5)
+
+  # Step 2 (under RSP, from the kept state) has the same two terms.
+  kept = np.asarray(state["rsp"])
+  p1 = copy(state["params"])
+  state, m2 = step(state, b2)
+  _, (ce2, g2, _) = ref_loss(p1, b2, kept if p_rsp else None)
+  np.testing.assert_allclose(m2["loss"], ce2, atol=1e-5)
+  np.testing.assert_allclose(m2["fam_growth"], g2, rtol=1e-4)
+  with pytest.raises(ValueError, match="fam_growth_penalty"):
+    trainer.StepConfig(fam_growth_penalty=-1.0).validate(4)
 
 
 CFG_M0 = ModelConfig(vocab_size=64, d_model=32, num_layers=2, num_heads=2,

@@ -62,12 +62,20 @@ class StepConfig:
             m > 0 the memory blocks before the cut are not seen). A batch
             may carry `fam_continue` [batch] (1: this row continues, 0: it
             starts a new document); it then replaces the coins.
+  fam_growth_penalty: weight of a training loss on the change of the FAM
+    state's size from block to block (FAM mode; 0 = off, the default).
+    Under docs/fam.md's rules the FAM rows are a residual stream that every
+    block adds to, and they grow with the blocks read. The term is the mean
+    over layers, rows and consecutive blocks of log(RMS(Phi_t) /
+    RMS(Phi_t-1))^2 (`state_growth`), weighted like one token's loss per
+    target token. It changes what is learned, not the model's computation.
   """
   microbatches: int = 1
   p_rsp: float = 0.8
   random_position_offset: bool = True
   z_loss: float = 0.0
   state_passing: str = "row0"
+  fam_growth_penalty: float = 0.0
 
   def validate(self, batch_size: int) -> "StepConfig":
     if self.microbatches < 1 or batch_size % self.microbatches:
@@ -79,6 +87,9 @@ class StepConfig:
     if self.state_passing not in STATE_PASSING:
       raise ValueError(f"StepConfig.state_passing={self.state_passing!r} is "
                        f"unknown; use one of {STATE_PASSING}.")
+    if not self.fam_growth_penalty >= 0.0:
+      raise ValueError(f"StepConfig.fam_growth_penalty="
+                       f"{self.fam_growth_penalty} must be >= 0.")
     return self
 
   def rsp_rows(self, batch_size: int) -> int | None:
@@ -204,7 +215,17 @@ def _forward(graphdef, rest, params, batch, *, offset=None, fam_state=None,
   else:
     logits, aux = model(batch[INPUTS], position_offset=offset,
                         return_state=True)
-  return logits, aux.get("fam_state")
+  return logits, aux
+
+
+def state_growth(rms):
+  """Mean over layers, rows and block steps of log(RMS(Phi_t) /
+  RMS(Phi_t-1))^2, from the per-block RMS [L, b, n] of the model's
+  `fam_rms` (0 for a single block)."""
+  lr = jnp.log(jnp.maximum(rms.astype(jnp.float32), 1e-30))
+  if lr.shape[-1] < 2:
+    return jnp.zeros((), jnp.float32)
+  return jnp.mean(jnp.square(lr[..., 1:] - lr[..., :-1]))
 
 
 def _summaries(stats, grad_norm=None, lr=None):
@@ -214,6 +235,8 @@ def _summaries(stats, grad_norm=None, lr=None):
          "tokens": stats["weight_sum"]}
   if "z_sum" in stats:
     out["z_loss"] = stats["z_sum"] / denom
+  if "growth_sum" in stats:
+    out["fam_growth"] = stats["growth_sum"] / denom
   if grad_norm is not None:
     out["grad_norm"] = grad_norm
   if lr is not None:
@@ -247,14 +270,23 @@ def make_train_step(model, tx, schedule: Callable, keys, cfg: StepConfig, *,
   fam = mcfg.attention.mode == "fam"
   k = cfg.microbatches
   rows = fam and cfg.state_passing == "rows"
+  growth = fam and cfg.fam_growth_penalty > 0
+  sums = ("loss_sum", "correct_sum", "weight_sum", "z_sum") + (
+      ("growth_sum",) if growth else ())
 
   def loss_fn(train, frozen, mb, offset, fam_state, use):
     params = join_params(train, frozen)
-    logits, phi = _forward(graphdef, rest, params, mb, offset=offset,
+    logits, aux = _forward(graphdef, rest, params, mb, offset=offset,
                            fam_state=fam_state, use_fam_state=use,
                            continue_stream=rows)
+    phi = aux.get("fam_state")
     stats = token_stats(logits, mb, cfg.z_loss)
-    return stats["loss_sum"] + stats["z_sum"], (stats, phi)
+    loss = stats["loss_sum"] + stats["z_sum"]
+    if growth:
+      g = state_growth(aux["fam_rms"])
+      stats["growth_sum"] = g * stats["weight_sum"]
+      loss = loss + cfg.fam_growth_penalty * stats["growth_sum"]
+    return loss, (stats, phi)
 
   grad_fn = jax.grad(loss_fn, has_aux=True)
 
@@ -294,8 +326,7 @@ def make_train_step(model, tx, schedule: Callable, keys, cfg: StepConfig, *,
       return acc, (phi if rows else phi[:, 0])
 
     zeros = (jax.tree.map(jnp.zeros_like, train),
-             {n: jnp.zeros((), jnp.float32)
-              for n in ("loss_sum", "correct_sum", "weight_sum", "z_sum")})
+             {n: jnp.zeros((), jnp.float32) for n in sums})
     if k == 1:
       (grads, stats), kept = micro(zeros, jax.tree.map(lambda x: x[0], mbs))
     else:
