@@ -27,6 +27,11 @@ scan, Random State Passing, Random Position Offset, AdamW) in two phases:
          initial FAM, its first digit after 0 to blocks - 1 filler blocks)
          with --stream_reset a step; --stream_digit 0: one digit a stream;
          --stream_digit_start: a curriculum from short gaps to long ones.
+  --filler_rows K: in the far phases the last K rows of every batch are
+         endless filler streams without loss, each going on from its own
+         FAM state (a fresh start with --filler_reset a step), so that
+         --growth_penalty (StepConfig.fam_growth_penalty) also sees states
+         hundreds of blocks old.
 Evaluation: `far` sequences of 1x to 64x the training blocks, the needle at
 depth 0, 0.5 and 1 (block 0, the middle block, the block before the
 question); accuracy = argmax of the answer (greedy decoding).
@@ -156,9 +161,11 @@ def train(model, args, log):
   sched = optax.constant_schedule(args.lr)
   tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched))
   stream = args.stream_steps
+  fillers = args.filler_rows if args.mode == "fam" else 0
+  rows_mode = bool(stream or fillers)
   cfg = trainer.StepConfig(p_rsp=args.p_rsp if args.mode == "fam" else 0.0,
                            random_position_offset=bool(args.rpo),
-                           state_passing="rows" if stream else "row0",
+                           state_passing="rows" if rows_mode else "row0",
                            fam_growth_penalty=(args.growth_penalty
                                                if args.mode == "fam" else 0.0))
   state = trainer.init_state(model, tx, keys, seed=args.seed,
@@ -172,7 +179,7 @@ def train(model, args, log):
                     args.stream_question,
                     args.stream_reset)
   for s in range(total):
-    cont = np.zeros(args.batch, np.int32) if stream else None
+    cont = np.zeros(args.batch, np.int32) if rows_mode else None
     if s >= args.dense_steps + args.far_steps + far2:
       start = args.stream_digit_start
       if start is not None:
@@ -190,6 +197,15 @@ def train(model, args, log):
     else:
       phase, toks = "far2", far_batch(rng, args.batch, args.far2_blocks,
                                       args.block)
+    if fillers and phase.startswith("far"):
+      # The last rows are endless filler streams (no loss) that go on from
+      # their own FAM state: the growth penalty sees states of every age.
+      toks, w = toks
+      toks[-fillers:] = rng.randint(FILLER_LO, VOCAB, toks[-fillers:].shape)
+      w[-fillers:] = 0.0
+      cont[-fillers:] = (rng.rand(fillers) >= args.filler_reset) & (
+          s > args.dense_steps)
+      toks = (toks, w)
     state, m = step(state, as_batch(*toks, cont,
                                     ans if phase == "stream" else None))
     mixed = args.far2_mix and phase.startswith("far")
@@ -267,6 +283,8 @@ def title(args) -> str:
     t += f", then {args.stream_steps} stream steps (lr {args.lr:g})"
   if args.growth_penalty:
     t += f", growth penalty {args.growth_penalty:g}"
+  if args.filler_rows:
+    t += f", {args.filler_rows} filler stream rows"
   return t
 
 
@@ -328,6 +346,13 @@ def parser():
   p.add_argument("--growth_penalty", type=float, default=0.0,
                  help="StepConfig.fam_growth_penalty: a training loss on the "
                       "growth of the FAM state's RMS over a sequence")
+  p.add_argument("--filler_rows", type=int, default=0,
+                 help="in the far phases, this many rows of each batch are "
+                      "endless filler streams without loss that go on from "
+                      "their own FAM state (state_passing='rows'), so that "
+                      "--growth_penalty sees old states")
+  p.add_argument("--filler_reset", type=float, default=1 / 64,
+                 help="chance a step that a filler stream starts afresh")
   p.add_argument("--p_rsp", type=float, default=0.0)
   p.add_argument("--rpo", type=int, default=1)
   p.add_argument("--seed", type=int, default=0)
