@@ -83,6 +83,17 @@ def far_batch(rng, n, blocks, block, depth=None):
   return toks, w
 
 
+def filler_rows(rng, toks, w, cont, k, p_reset, first=False):
+  """Make the last k rows endless filler streams without loss (in place):
+  each goes on from its own FAM state (cont 1) unless it starts afresh,
+  with chance p_reset, or this is the first such step. The growth penalty
+  then sees states of every age. Returns (toks, w)."""
+  toks[-k:] = rng.randint(FILLER_LO, VOCAB, toks[-k:].shape)
+  w[-k:] = 0.0
+  cont[-k:] = (rng.rand(k) >= p_reset) & (not first)
+  return toks, w
+
+
 def as_batch(toks, w, cont=None, answers=None):
   """answers [n, T]: targets where w > 0 that the inputs do not show."""
   targets = toks[:, 1:]
@@ -198,14 +209,8 @@ def train(model, args, log):
       phase, toks = "far2", far_batch(rng, args.batch, args.far2_blocks,
                                       args.block)
     if fillers and phase.startswith("far"):
-      # The last rows are endless filler streams (no loss) that go on from
-      # their own FAM state: the growth penalty sees states of every age.
-      toks, w = toks
-      toks[-fillers:] = rng.randint(FILLER_LO, VOCAB, toks[-fillers:].shape)
-      w[-fillers:] = 0.0
-      cont[-fillers:] = (rng.rand(fillers) >= args.filler_reset) & (
-          s > args.dense_steps)
-      toks = (toks, w)
+      toks = filler_rows(rng, *toks, cont, fillers, args.filler_reset,
+                         first=s == args.dense_steps)
     state, m = step(state, as_batch(*toks, cont,
                                     ans if phase == "stream" else None))
     mixed = args.far2_mix and phase.startswith("far")

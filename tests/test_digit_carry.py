@@ -114,3 +114,23 @@ def test_gap_curriculum_anneals_geometrically():
   ratios = np.array(vals[1:]) / np.array(vals[:-1])
   np.testing.assert_allclose(ratios, ratios[0])          # geometric
   assert ratios[0] < 1
+
+
+def test_filler_rows_are_lossless_streams_that_go_on():
+  rng = np.random.RandomState(0)
+  toks, w = dc.far_batch(rng, 16, 4, 8)
+  digit_rows = toks[:12].copy()
+  cont = np.zeros(16, np.int32)
+  toks, w = dc.filler_rows(rng, toks, w, cont, 4, 0.25, first=True)
+  assert (cont == 0).all()                   # the first step starts afresh
+  conts = []
+  for _ in range(200):
+    cont = np.zeros(16, np.int32)
+    toks, w = dc.filler_rows(rng, toks, w, cont, 4, 0.25)
+    conts.append(cont.copy())
+  conts = np.array(conts)
+  np.testing.assert_array_equal(toks[:12], digit_rows)   # the task rows
+  assert (toks[12:] >= dc.FILLER_LO).all() and (w[12:] == 0).all()
+  assert (w[:12].sum(1) == 1).all()
+  assert (conts[:, :12] == 0).all()
+  assert abs(conts[:, 12:].mean() - 0.75) < 0.05     # fresh with p_reset
