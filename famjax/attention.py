@@ -188,8 +188,8 @@ def fam_chain(step: Callable, phi0, k, v, unroll: int = 1):
   step(phi, k_t, v_t, t) -> (phi_t, fam_k_t, fam_v_t) runs one `fam_pass`.
   k, v: [b, n, B, K, D] block keys of this layer. Returns the last phi, the
   FAM keys / values of every block's pass, [b, n, F, K, D], and the
-  root-mean-square of every block's new FAM rows, [b, n] float32 (unused
-  outputs cost nothing: XLA drops them).
+  root-mean-square of every block's new FAM rows, [b, n] float32 (a few
+  numbers a block; `StepConfig.fam_growth_penalty` reads them).
   """
   n = k.shape[1]
 

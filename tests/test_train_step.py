@@ -165,6 +165,9 @@ def test_fam_growth_penalty(p_rsp):
   np.testing.assert_allclose(m2["fam_growth"], g2, rtol=1e-4)
   with pytest.raises(ValueError, match="fam_growth_penalty"):
     trainer.StepConfig(fam_growth_penalty=-1.0).validate(4)
+  bswa = CFG.with_attention(mode="bswa", block_size=8, memory_segments=1)
+  with pytest.raises(ValueError, match="fam_growth_penalty=0.5 .* 'bswa'"):
+    setup(cfg, cfg=bswa)
 
 
 CFG_M0 = ModelConfig(vocab_size=64, d_model=32, num_layers=2, num_heads=2,

@@ -52,6 +52,7 @@ def test_tensorflow_start_up_noise_is_silenced():
     ("train.num_steps=-5", "train.num_steps=-5"),
     ("train.batch_size=0", "train.batch_size=0"),
     ("train.save_every=0", "train.save_every=0"),
+    ("StepConfig.fam_growth_penalty=-1.0", "StepConfig.fam_growth_penalty=-1.0"),
 ])
 def test_bad_number_one_line_nothing_written(binding, name, tiny_gin,
                                              tmp_path, capfd):
@@ -60,6 +61,18 @@ def test_bad_number_one_line_nothing_written(binding, name, tiny_gin,
                        f"--gin.{binding}")
   assert rc == 2
   assert name in one_error(capfd)
+  assert not run.exists()
+
+
+def test_growth_penalty_needs_fam(tiny_gin, tmp_path, capfd):
+  run = tmp_path / "run"
+  rc = main_in_process(f"--gin_file={tiny_gin}", f"--gin.MODEL_DIR={run}",
+                       "--gin.AttentionConfig.mode='bswa'",
+                       "--gin.AttentionConfig.fam_length=0",
+                       "--gin.StepConfig.fam_growth_penalty=0.5")
+  assert rc == 2
+  line = one_error(capfd)
+  assert "StepConfig.fam_growth_penalty=0.5" in line and "'bswa'" in line
   assert not run.exists()
 
 

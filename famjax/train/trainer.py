@@ -271,6 +271,11 @@ def make_train_step(model, tx, schedule: Callable, keys, cfg: StepConfig, *,
   k = cfg.microbatches
   rows = fam and cfg.state_passing == "rows"
   growth = fam and cfg.fam_growth_penalty > 0
+  if cfg.fam_growth_penalty > 0 and not fam:
+    raise ValueError(
+        f"StepConfig.fam_growth_penalty={cfg.fam_growth_penalty} penalises "
+        f"the growth of the FAM state, but the model's attention mode is "
+        f"{mcfg.attention.mode!r}: set it to 0 or use mode 'fam'.")
   sums = ("loss_sum", "correct_sum", "weight_sum", "z_sum") + (
       ("growth_sum",) if growth else ())
 
