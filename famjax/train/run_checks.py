@@ -167,15 +167,10 @@ def check_run(*, num_steps, batch_size, seq_len, eval_every, eval_batches,
   cfg = model_config(model_config_, attention, model_overrides,
                      load_params_from)
   try:
-    step_cfg = (step_config or trainer.StepConfig()).validate(batch_size)
-  except ValueError as e:   # StepConfig.validate checks only its fields
+    step_cfg = (step_config or trainer.StepConfig()).validate(
+        batch_size).check_mode(cfg.attention.mode)
+  except ValueError as e:   # StepConfig checks only its fields and the mode
     raise UserError(str(e)) from None
-  if step_cfg.fam_growth_penalty > 0 and cfg.attention.mode != "fam":
-    raise UserError(
-        f"StepConfig.fam_growth_penalty={step_cfg.fam_growth_penalty} "
-        f"penalises the growth of the FAM state, but "
-        f"AttentionConfig.mode={cfg.attention.mode!r} has none: set it to 0 "
-        f"or use mode 'fam'.")
   if default_data:
     check_task(task, (("train_split", train_split),
                       ("eval_split", eval_split)))

@@ -92,6 +92,16 @@ class StepConfig:
                        f"{self.fam_growth_penalty} must be >= 0.")
     return self
 
+  def check_mode(self, mode: str) -> "StepConfig":
+    """The fields that need a FAM model, against the attention mode."""
+    if self.fam_growth_penalty > 0 and mode != "fam":
+      raise ValueError(
+          f"StepConfig.fam_growth_penalty={self.fam_growth_penalty} "
+          f"penalises the growth of the FAM state, but the attention mode "
+          f"(AttentionConfig.mode) is {mode!r}, which has none: set it to 0 "
+          f"or use mode 'fam'.")
+    return self
+
   def rsp_rows(self, batch_size: int) -> int | None:
     """`init_state`'s rsp_rows: one kept state a row under "rows"."""
     return batch_size if self.state_passing == "rows" else None
@@ -270,12 +280,7 @@ def make_train_step(model, tx, schedule: Callable, keys, cfg: StepConfig, *,
   fam = mcfg.attention.mode == "fam"
   k = cfg.microbatches
   rows = fam and cfg.state_passing == "rows"
-  growth = fam and cfg.fam_growth_penalty > 0
-  if cfg.fam_growth_penalty > 0 and not fam:
-    raise ValueError(
-        f"StepConfig.fam_growth_penalty={cfg.fam_growth_penalty} penalises "
-        f"the growth of the FAM state, but the model's attention mode is "
-        f"{mcfg.attention.mode!r}: set it to 0 or use mode 'fam'.")
+  growth = cfg.check_mode(mcfg.attention.mode).fam_growth_penalty > 0
   sums = ("loss_sum", "correct_sum", "weight_sum", "z_sum") + (
       ("growth_sum",) if growth else ())
 
