@@ -27,6 +27,10 @@ scan, Random State Passing, Random Position Offset, AdamW) in two phases:
          initial FAM, its first digit after 0 to blocks - 1 filler blocks)
          with --stream_reset a step; --stream_digit 0: one digit a stream;
          --stream_digit_start: a curriculum from short gaps to long ones.
+  --far_continue P: in the far2 phase each row goes on, with chance P a
+         step, from its own final FAM state of the step before (which still
+         holds the previous sequence's digit): truncated backpropagation,
+         states of every age, and a new digit that must overwrite the old.
   --filler_rows K: in the far phases the last K rows of every batch are
          endless filler streams without loss, each going on from its own
          FAM state (a fresh start with --filler_reset a step), so that
@@ -47,6 +51,11 @@ import time
 import numpy as np
 
 QUESTION, FILLER_LO, VOCAB = 11, 12, 16
+# --vocab byte: token -> seqio.ByteVocabulary id (a byte + 3): the digits,
+# "?" for the question and the letters of the eval task's filler.
+_CHARS = "0123456789" + "_?" + "abcd"
+BYTE_OF = np.array([ord(c) + 3 for c in _CHARS], np.int64)
+BYTE_VOCAB = 259
 
 
 def dense_batch(rng, n, blocks, block):
@@ -81,6 +90,19 @@ def far_batch(rng, n, blocks, block, depth=None):
   w = np.zeros((n, t), np.float32)
   w[rows, q] = 1.0
   return toks, w
+
+
+def byte_layout(toks, w):
+  """The same sequences in the byte vocabulary (seqio.ByteVocabulary, the
+  vocabulary of `famjax eval`'s digit_carry task): a BOS (id 0) at position
+  0 shifts every token one place right, and the tokens become the bytes
+  '0'-'9', '?' and 'a'-'d'. Every needle, question and answer stays in its
+  block (their in-block offsets are at most block - 2 before the shift).
+  toks [n, T+1] -> [n, T+1] (the last token falls off), w [n, T] -> [n, T]."""
+  out = BYTE_OF[toks]
+  out = np.concatenate([np.zeros_like(out[:, :1]), out[:, :-1]], axis=1)
+  w = np.concatenate([np.zeros_like(w[:, :1]), w[:, :-1]], axis=1)
+  return out, w
 
 
 def filler_rows(rng, toks, w, cont, k, p_reset, first=False):
@@ -152,7 +174,7 @@ def build(args):
   from famjax import ModelConfig, Transformer
   from famjax.config import AttentionConfig
   cfg = ModelConfig(
-      vocab_size=VOCAB, d_model=args.d_model, num_layers=args.layers,
+      vocab_size=BYTE_VOCAB if args.vocab == "byte" else VOCAB, d_model=args.d_model, num_layers=args.layers,
       num_heads=args.heads, num_kv_heads=args.heads,
       head_dim=args.d_model // args.heads, ffn_dim=2 * args.d_model,
       attention=AttentionConfig(mode=args.mode, block_size=args.block,
@@ -173,7 +195,8 @@ def train(model, args, log):
   tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched))
   stream = args.stream_steps
   fillers = args.filler_rows if args.mode == "fam" else 0
-  rows_mode = bool(stream or fillers)
+  carry_on = args.far_continue if args.mode == "fam" else 0.0
+  rows_mode = bool(stream or fillers or carry_on)
   cfg = trainer.StepConfig(p_rsp=args.p_rsp if args.mode == "fam" else 0.0,
                            random_position_offset=bool(args.rpo),
                            state_passing="rows" if rows_mode else "row0",
@@ -208,9 +231,16 @@ def train(model, args, log):
     else:
       phase, toks = "far2", far_batch(rng, args.batch, args.far2_blocks,
                                       args.block)
+    first2 = args.dense_steps + args.far_steps
+    if carry_on and phase.startswith("far") and s >= first2:
+      cont[:] = (rng.rand(args.batch) < carry_on) & (s != first2)
     if fillers and phase.startswith("far"):
       toks = filler_rows(rng, *toks, cont, fillers, args.filler_reset,
                          first=s == args.dense_steps)
+    if args.vocab == "byte":
+      if phase == "stream":
+        raise ValueError("--vocab byte does not support --stream_steps")
+      toks = byte_layout(*toks)
     state, m = step(state, as_batch(*toks, cont,
                                     ans if phase == "stream" else None))
     mixed = args.far2_mix and phase.startswith("far")
@@ -264,6 +294,8 @@ def evaluate(model, params, args, state_rms=None):
       accs = []
       for _ in range(max(1, args.eval_samples // args.eval_batch)):
         toks, w = far_batch(rng, args.eval_batch, blocks, args.block, depth)
+        if args.vocab == "byte":
+          toks, w = byte_layout(toks, w)
         if fam:
           acc, rms = correct(params, toks, w)
           rmss.append(np.asarray(rms))
@@ -290,6 +322,8 @@ def title(args) -> str:
     t += f", growth penalty {args.growth_penalty:g}"
   if args.filler_rows:
     t += f", {args.filler_rows} filler stream rows"
+  if args.far_continue:
+    t += f", rows go on from their own state ({args.far_continue:g})"
   return t
 
 
@@ -317,6 +351,13 @@ def heatmap(path, res, caption):
 def parser():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--mode", default="fam", choices=("fam", "bswa"))
+  p.add_argument("--vocab", default="tokens", choices=("tokens", "byte"),
+                 help="byte: the same task in the byte vocabulary, a BOS at "
+                      "position 0 (the layout of famjax eval's digit_carry "
+                      "task)")
+  p.add_argument("--model_dir", default=None,
+                 help="also save the trained model as a famjax model "
+                      "directory (e.g. to score it with `famjax eval`)")
   p.add_argument("--block", type=int, default=16)
   p.add_argument("--memory", type=int, default=0)
   p.add_argument("--fam_length", type=int, default=4)
@@ -358,6 +399,15 @@ def parser():
                       "--growth_penalty sees old states")
   p.add_argument("--filler_reset", type=float, default=1 / 64,
                  help="chance a step that a filler stream starts afresh")
+  p.add_argument("--far_continue", type=float, default=0.0,
+                 help="in the far2 phase (both lengths of a mix), the "
+                      "chance a step that a row's "
+                      "sequence starts from that row's own final FAM state "
+                      "of the step before (state_passing='rows'), which "
+                      "still holds the previous sequence's digit, instead "
+                      "of the initial FAM; the question asks for the new "
+                      "digit, so the model learns to overwrite, and the "
+                      "states it trains on are of every age")
   p.add_argument("--p_rsp", type=float, default=0.0)
   p.add_argument("--rpo", type=int, default=1)
   p.add_argument("--seed", type=int, default=0)
@@ -380,13 +430,22 @@ def arguments(**overrides):
 
 
 def main(argv=None):
-  args = parser().parse_args(argv)
+  return main_with(parser().parse_args(argv))
+
+
+def main_with(args):
+  """Train, save (--model_dir), evaluate and write (--out) for `args`."""
 
   def log(msg):
     print(time.strftime("%H:%M:%S"), msg, flush=True)
 
   model = build(args)
   params, curve, train_s = train(model, args, log)
+  if args.model_dir:
+    from famjax import params_io
+    params_io.save_model_dir(args.model_dir, model.cfg, params,
+                             overwrite=True)
+    log(f"saved the model to {args.model_dir}")
   rms = {}
   res = evaluate(model, params, args, rms)
   for blocks, row in res.items():

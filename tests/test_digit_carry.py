@@ -8,6 +8,7 @@ digit through the FAM. `fam` must learn it; `bswa` with the same m = 0 has
 no path and must stay near chance (10%).
 """
 import numpy as np
+import pytest
 
 from benchmarks import digit_carry as dc
 
@@ -134,3 +135,91 @@ def test_filler_rows_are_lossless_streams_that_go_on():
   assert (w[:12].sum(1) == 1).all()
   assert (conts[:, :12] == 0).all()
   assert abs(conts[:, 12:].mean() - 0.75) < 0.05     # fresh with p_reset
+
+
+# ------------------------------------------- the byte layout and famjax eval
+def _positions(ids):
+  """(positions of digits, positions of "?") in byte ids (BOS at 0)."""
+  ids = np.asarray(ids)
+  digits = np.flatnonzero((ids >= ord("0") + 3) & (ids <= ord("9") + 3))
+  return digits, np.flatnonzero(ids == ord("?") + 3)
+
+
+def _check_layout(ids, blocks, block, depth, question_at):
+  """A needle in block round(depth * (blocks - 2)) at offset 1..block-1 and
+  the question at `question_at`, in the last block at offset 1..block-2."""
+  digits, qs = _positions(ids)
+  assert ids[0] == 0                                     # BOS
+  assert qs.tolist() == [question_at]
+  assert question_at // block == blocks - 1
+  assert 1 <= question_at % block <= block - 2
+  needle = digits[0]
+  assert needle // block == int(round(depth * (blocks - 2)))
+  assert needle % block >= 1
+  assert set(ids.tolist()) <= set(dc.BYTE_OF.tolist()) | {0}
+  return needle
+
+
+def test_eval_task_prompts_have_the_training_layout():
+  """`famjax eval`'s digit_carry prompts (BOS + inputs) are laid out as
+  --vocab byte trains: the same blocks, offsets, vocabulary; the answer is
+  the needle."""
+  import seqio
+  from famjax.data import eval_tasks
+  vocab = seqio.ByteVocabulary()
+  for length in (128, 1024):
+    for i in range(10):
+      ex = eval_tasks.make_example("digit_carry", i, vocab=vocab,
+                                   length=length)
+      ids = [0] + vocab.encode(ex.inputs)
+      needle = _check_layout(np.array(ids), length // 16, 16, ex.depth,
+                             len(ids) - 1)
+      assert chr(ids[needle] - 3) == ex.targets
+  from famjax.data import needles
+  with pytest.raises(ValueError, match="byte vocabulary"):
+    needles.digit_carry(np.random.RandomState(0),
+                        needles.Context(200, lambda s: (len(s) + 1) // 2),
+                        depth=0.5)
+  rng = np.random.RandomState(0)
+  for depth in (0.0, 0.5, 1.0):
+    toks, w = dc.byte_layout(*dc.far_batch(rng, 16, 8, 16, depth))
+    for row, weights in zip(toks, w):
+      q = int(np.flatnonzero(weights)[0])
+      needle = _check_layout(row[:q + 1], 8, 16, depth, q)
+      assert row[q + 1] == row[needle]                   # the answer
+
+
+def test_byte_model_famjax_eval_equals_its_own_scores(tmp_path):
+  """A byte digit-carry model saved with --model_dir and scored by famjax's
+  evaluator (greedy decoding with the streaming decoder) gets, per depth,
+  the accuracy of the teacher-forced argmax at each prompt's question."""
+  import seqio
+  from famjax import evals, params_io
+  from famjax.data import eval_tasks
+  args = dc.arguments(
+      mode="fam", vocab="byte", block=16, memory=0, fam_length=2, blocks=8,
+      d_model=32, layers=2, heads=2, batch=16, dense_steps=120, far_steps=0,
+      rpo=0, seed=0, log_every=1000, eval_mults="1", eval_samples=8,
+      eval_batch=8, model_dir=str(tmp_path / "model"))
+  dc.main_with(args)
+  model = params_io.build_model(params_io.load_config(args.model_dir),
+                                params_io.load_params(args.model_dir))
+  n = 20
+  got = evals.evaluate_model(model, mixture_or_task_name="digit_carry_byte_128",
+                             step=0, output_dir=str(tmp_path / "ev"),
+                             batch_size=4, max_examples=n)["digit_carry_byte_128"]
+  vocab = seqio.ByteVocabulary()
+  correct = dc.scorer(model)
+  params = params_io.params_dict(model)
+  hits = {}
+  for i in range(n):
+    ex = eval_tasks.make_example("digit_carry", i, vocab=vocab, length=128)
+    ids = np.array([[0] + vocab.encode(ex.inputs) + vocab.encode(ex.targets)])
+    w = np.zeros((1, ids.shape[1] - 1), np.float32)
+    w[0, -1] = 1.0
+    hits.setdefault(ex.depth, []).append(float(correct(params, ids, w)))
+  for depth, h in hits.items():
+    assert got[f"accuracy@depth={depth:.2f}"] == pytest.approx(
+        100 * np.mean(h)), depth
+  assert got["accuracy"] == pytest.approx(
+      100 * np.mean([x for h in hits.values() for x in h]))

@@ -156,6 +156,13 @@ def test_babilong_stories_answer_from_facts(task, books_dir):
 def test_prompts_fit_the_length_byte_and_bpe(length, books_dir, bpe):
   for vocab in (BYTE, bpe):
     for family in PREDICT:
+      if vocab is bpe and eval_tasks.FAMILIES[family].byte_only:
+        try:   # laid out exactly where each character is one token
+          ex = _ex(family, 0, books_dir, vocab=vocab, length=length)
+          assert len(vocab.encode(ex.inputs)) == len(ex.inputs)
+        except ValueError as e:
+          assert "byte vocabulary" in str(e)
+        continue
       ex = _ex(family, 0, books_dir, vocab=vocab, length=length)
       budget = length - eval_tasks.targets_length(vocab, family)
       n = len(vocab.encode(ex.inputs))
@@ -170,6 +177,8 @@ def test_registered_tasks_read_through_seqio(books_dir, bpe, monkeypatch):
       bpe, "tinybpe", lengths=[1024], families=["passkey", "vt", "book_lm"],
       num_examples=5)
   assert names == ["passkey_tinybpe_1k", "vt_tinybpe_1k", "book_lm_tinybpe_1k"]
+  assert eval_tasks.register_eval_suite(              # byte positions only
+      bpe, "tinybpe", lengths=[1024], families=["digit_carry"]) == []
   assert eval_info.TASK_INFO["passkey_tinybpe_1k"]["kind"] == "predict"
   assert eval_info.feature_lengths("book_lm_tinybpe_1k") == {"targets": 1024}
   assert seqio.get_mixture_or_task("passkey_tinybpe").tasks[0].name == \
@@ -334,6 +343,13 @@ def test_registering_generates_nothing_and_names_parse(tmp_path):
   names = eval_tasks.register_eval_suite(vocab, "counted", lengths=[1024, 4096])
   assert _CountingByte.calls == 0
   assert "niah_multiquery_counted_4k" in names
+  assert "digit_carry_counted_128" in names      # its own lengths
+  assert "digit_carry_counted_1k" in names and \
+      "digit_carry_counted_16k" not in names
+  assert [n for n in eval_tasks.register_eval_suite(
+      BYTE, "carry", lengths=[1024, 300], families=["digit_carry"])] == [
+          f"digit_carry_carry_{n}" for n in
+          ("128", "256", "300", "512", "1k", "2k", "4k", "8k")]
   assert "scrolls_narrative_qa_counted_1k" in names
   assert eval_info.TASK_INFO["cwe_counted_4k"]["inputs_length"] == 4096 - \
       eval_tasks.targets_length(vocab, "cwe")

@@ -9,6 +9,9 @@ trailing NaN columns are padding (lets ragged scores form one array).
 
 * `needle_accuracy`  "accuracy" (the answer appears in the prediction, as
   RULER scores it), "exact_match", and "accuracy@depth=0.25"-style keys.
+* `first_char_accuracy`  "accuracy": the prediction's first character is
+  the one-character answer (for models that do not stop after it), and
+  per depth.
 * `partial_credit`   RULER's multi-item score: the mean fraction of the
   expected items found in the prediction ("accuracy"), and "all_correct".
 * `qa_metrics`       SQuAD-normalized "exact_match" and token "f1", and
@@ -74,13 +77,30 @@ def needle_accuracy(targets, predictions) -> Dict[str, float]:
   exact = [_answer(t) == p.strip() for t, p in zip(targets, predictions)]
   out = {"accuracy": 100.0 * float(np.mean(found)),
          "exact_match": 100.0 * float(np.mean(exact))}
+  out.update(_by_depth(targets, found))
+  return out
+
+
+def first_char_accuracy(targets, predictions) -> Dict[str, float]:
+  """One-character answers of a model that goes on after the answer
+  without EOS (digit_carry): "accuracy" = the prediction's first character
+  is the answer (greedy decoding's first token), and per depth."""
+  if not targets:
+    return {"accuracy": 0.0}
+  hits = [p[:1] == _answer(t) for t, p in zip(targets, predictions)]
+  out = {"accuracy": 100.0 * float(np.mean(hits))}
+  out.update(_by_depth(targets, hits))
+  return out
+
+
+def _by_depth(targets, hits) -> Dict[str, float]:
+  """{"accuracy@depth=d": % of hits} over the targets that record a depth."""
   by_depth = collections.defaultdict(list)
-  for t, hit in zip(targets, found):
+  for t, hit in zip(targets, hits):
     if isinstance(t, dict) and t.get("depth") is not None:
       by_depth[round(float(t["depth"]), 2)].append(hit)
-  for d in sorted(by_depth):
-    out[depth_key(d)] = 100.0 * float(np.mean(by_depth[d]))
-  return out
+  return {depth_key(d): 100.0 * float(np.mean(by_depth[d]))
+          for d in sorted(by_depth)}
 
 
 def partial_credit(targets, predictions) -> Dict[str, float]:

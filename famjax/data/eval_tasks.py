@@ -32,6 +32,7 @@ from famjax.data.vocab import get_vocabulary
 DEFAULT_LENGTHS = (1024, 2048, 4096, 8192, 16384, 32768, 65536)
 DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 DEFAULT_NUM_EXAMPLES = 50
+CARRY_LENGTHS = tuple(128 * 2 ** i for i in range(7))    # 128 ... 8192
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +44,8 @@ class Family:
   uses_depth: bool = False      # example i at depths[i % len(depths)]
   needs_books: bool = False
   kwargs: tuple = ()
+  byte_only: bool = False       # laid out in byte positions
+  lengths: tuple = ()           # its own lengths instead of the suite's
 
 
 FAMILIES: Dict[str, Family] = {
@@ -51,6 +54,12 @@ FAMILIES: Dict[str, Family] = {
     # One-digit keys 1-9 (the from-scratch byte models of docs/results.md).
     "passkey1": Family(needles.passkey, eval_metrics.needle_accuracy, 1,
                        uses_depth=True, kwargs=(("key_digits", 1),)),
+    # One digit carried across blocks of 16 bytes (benchmarks/digit_carry.py
+    # --vocab byte trains on 128-byte sequences: lengths 1x to 64x).
+    "digit_carry": Family(needles.digit_carry,
+                          eval_metrics.first_char_accuracy, 1,
+                          uses_depth=True, byte_only=True,
+                          lengths=CARRY_LENGTHS),
     "niah_single_noise": Family(needles.niah, eval_metrics.needle_accuracy,
                                 7, uses_depth=True),
     "niah_single_book": Family(needles.niah, eval_metrics.needle_accuracy,
@@ -241,8 +250,12 @@ def register_eval_suite(vocab: Union[str, seqio.Vocabulary], vocab_name: str,
   if unknown:
     raise ValueError(f"unknown task families {unknown}; known: {known}")
   names: Dict[str, List[str]] = {}
+  byte = isinstance(vocab, seqio.ByteVocabulary)
   for family in families:
-    for length in sorted({int(n) for n in lengths}):
+    fam = FAMILIES.get(family)
+    if fam is not None and fam.byte_only and not byte:
+      continue
+    for length in family_lengths(family, lengths):
       if family in FAMILIES:
         t = register_task(family, vocab, vocab_name, length,
                           num_examples=num_examples, seed=seed,
@@ -263,6 +276,16 @@ def register_eval_suite(vocab: Union[str, seqio.Vocabulary], vocab_name: str,
     if tasks:
       add_mixture(f"{suite}_{vocab_name}", tasks)
   return [t for ts in names.values() for t in ts]
+
+
+def family_lengths(family: str, lengths: Sequence[int]) -> List[int]:
+  """The lengths `family` is registered at: its own (Family.lengths) plus
+  any asked for beyond the default ones, else `lengths`."""
+  own = FAMILIES[family].lengths if family in FAMILIES else ()
+  asked = {int(n) for n in lengths}
+  if own:
+    asked = set(own) | (asked - set(DEFAULT_LENGTHS))
+  return sorted(asked)
 
 
 def parse_task_name(name: str):

@@ -176,6 +176,41 @@ def passkey(rng, ctx: Context, *, depth: float, key_digits: int = 5
   return Example(text, key, [key], float(depth), needle)
 
 
+# --------------------------------------------------------------- digit carry
+CARRY_FILLER = "abcd"
+
+
+def digit_carry(rng, ctx: Context, *, depth: float, block: int = 16,
+                filler: str = CARRY_FILLER) -> Example:
+  """PassKey in miniature, laid out in blocks of `block` byte positions (the
+  format `benchmarks/digit_carry.py --vocab byte` trains on): one digit
+  0-9 in a haystack of random `filler` letters, then "?" (the question) in
+  the last block; the answer is the digit.
+
+  Positions count from the decoder's BOS at position 0, so character i of
+  the prompt sits at position i + 1. With n = (budget + 2) // block blocks,
+  the needle sits in block round(depth * (n - 2)) at in-block offset 1 to
+  block - 1, and the question in block n - 1 at offset 1 to block - 2. A
+  byte vocabulary only (one character = one token): the block layout is
+  the task.
+  """
+  n = (ctx.budget + 2) // block
+  if n < 2:
+    raise ValueError(f"a context of {ctx.budget} tokens is too short for "
+                     f"digit_carry: it needs two blocks of {block}")
+  q = (n - 1) * block + int(rng.randint(1, block - 1))      # "?" position
+  needle_block = int(round(depth * (n - 2)))
+  p = needle_block * block + int(rng.randint(1, block))     # digit position
+  chars = [filler[i] for i in rng.randint(0, len(filler), q)]
+  key = str(rng.randint(0, 10))
+  chars[p - 1], chars[q - 1] = key, "?"
+  text = "".join(chars)
+  if ctx.count(text) != len(text):
+    raise ValueError("digit_carry is laid out in byte positions (one "
+                     "character, one token): it needs the byte vocabulary")
+  return Example(text, key, [key], float(depth), key)
+
+
 # -------------------------------------------------------------------- RULER
 def _magic(key: str, value: str) -> str:
   return f"One of the special magic numbers for {key} is: {value}. "
