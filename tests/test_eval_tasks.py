@@ -346,6 +346,9 @@ def test_registering_generates_nothing_and_names_parse(tmp_path):
   assert "digit_carry_counted_128" in names      # its own lengths
   assert "digit_carry_counted_1k" in names and \
       "digit_carry_counted_16k" not in names
+  assert eval_info.TASK_INFO["digit_carry_counted_128"]["num_examples"] == 100
+  assert eval_info.TASK_INFO["cwe_counted_4k"]["num_examples"] == \
+      eval_tasks.DEFAULT_NUM_EXAMPLES
   assert [n for n in eval_tasks.register_eval_suite(
       BYTE, "carry", lengths=[1024, 300], families=["digit_carry"])] == [
           f"digit_carry_carry_{n}" for n in

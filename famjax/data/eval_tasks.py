@@ -46,6 +46,7 @@ class Family:
   kwargs: tuple = ()
   byte_only: bool = False       # laid out in byte positions
   lengths: tuple = ()           # its own lengths instead of the suite's
+  num_examples: int = 0         # its own default count (0: the suite's)
 
 
 FAMILIES: Dict[str, Family] = {
@@ -59,7 +60,7 @@ FAMILIES: Dict[str, Family] = {
     "digit_carry": Family(needles.digit_carry,
                           eval_metrics.first_char_accuracy, 1,
                           uses_depth=True, byte_only=True,
-                          lengths=CARRY_LENGTHS),
+                          lengths=CARRY_LENGTHS, num_examples=100),
     "niah_single_noise": Family(needles.niah, eval_metrics.needle_accuracy,
                                 7, uses_depth=True),
     "niah_single_book": Family(needles.niah, eval_metrics.needle_accuracy,
@@ -194,6 +195,8 @@ def register_task(family: str, vocab, vocab_name: str, length: int, *,
                   books_path: Optional[str] = None) -> seqio.Task:
   """Register one prefix-LM eval task (`<family>_<vocab_name>_<length>`)."""
   fam = FAMILIES[family]
+  if num_examples == DEFAULT_NUM_EXAMPLES and fam.num_examples:
+    num_examples = fam.num_examples
   name = eval_info.task_name(family, vocab_name, length)
   t_len = targets_length(vocab, family)
   if length <= t_len:
