@@ -31,6 +31,10 @@ scan, Random State Passing, Random Position Offset, AdamW) in two phases:
          step, from its own final FAM state of the step before (which still
          holds the previous sequence's digit): truncated backpropagation,
          states of every age, and a new digit that must overwrite the old.
+  --far_hold P: in the far2 phase a row goes on, with chance P a step,
+         into a piece without a digit whose question asks again for the
+         digit it holds (the answer is never shown as input then): holds
+         over several pieces, gradients over one.
   --filler_rows K: in the far phases the last K rows of every batch are
          endless filler streams without loss, each going on from its own
          FAM state (a fresh start with --filler_reset a step), so that
@@ -92,17 +96,19 @@ def far_batch(rng, n, blocks, block, depth=None):
   return toks, w
 
 
-def byte_layout(toks, w):
+def byte_layout(toks, w, answers=None):
   """The same sequences in the byte vocabulary (seqio.ByteVocabulary, the
   vocabulary of `famjax eval`'s digit_carry task): a BOS (id 0) at position
   0 shifts every token one place right, and the tokens become the bytes
   '0'-'9', '?' and 'a'-'d'. Every needle, question and answer stays in its
   block (their in-block offsets are at most block - 2 before the shift).
-  toks [n, T+1] -> [n, T+1] (the last token falls off), w [n, T] -> [n, T]."""
-  out = BYTE_OF[toks]
-  out = np.concatenate([np.zeros_like(out[:, :1]), out[:, :-1]], axis=1)
-  w = np.concatenate([np.zeros_like(w[:, :1]), w[:, :-1]], axis=1)
-  return out, w
+  toks [n, T+1] -> [n, T+1] (the last token falls off), w [n, T] -> [n, T];
+  with answers [n, T] (targets the inputs do not show): (toks, w, answers)."""
+  def right(x):
+    return np.concatenate([np.zeros_like(x[:, :1]), x[:, :-1]], axis=1)
+  if answers is not None:
+    return right(BYTE_OF[toks]), right(w), right(BYTE_OF[answers])
+  return right(BYTE_OF[toks]), right(w)
 
 
 def filler_rows(rng, toks, w, cont, k, p_reset, first=False):
@@ -164,6 +170,42 @@ class Streams:
     return toks, w, cont.astype(np.int32), answers
 
 
+class Holds:
+  """`far` batches in which a row's digit can outlive its piece: with
+  chance p_hold a step, a row goes on (its own FAM state) into a piece with
+  no digit whose question asks again for the digit it holds. A piece that
+  goes on does not show its answer (the input after its question is filler;
+  the digit is the target only), so nothing re-writes the digit: the FAM
+  must hold it over several pieces, while gradients reach back one piece.
+  `next(blocks, block)` -> (tokens [n, T+1], weights [n, T], continues [n],
+  answers [n, T])."""
+
+  def __init__(self, rng, n, p_hold):
+    self.rng, self.n, self.p_hold = rng, n, p_hold
+    self.digit = np.full(n, -1)
+    self.go_on = np.zeros(n, bool)
+
+  def next(self, blocks, block):
+    rng, n, rows = self.rng, self.n, np.arange(self.n)
+    toks, w = far_batch(rng, n, blocks, block)
+    q = w.argmax(1)
+    cont = self.go_on & (self.digit >= 0)
+    held = np.flatnonzero(cont)
+    body = toks[held, :-1]
+    digits = body < 10
+    body[digits] = rng.randint(FILLER_LO, VOCAB, digits.sum())
+    toks[held, :-1] = body
+    digit = np.where(cont, self.digit, toks[rows, q + 1])
+    toks[rows, q + 1] = digit
+    self.go_on = rng.rand(n) < self.p_hold
+    hide = np.flatnonzero(self.go_on)
+    toks[hide, q[hide] + 1] = rng.randint(FILLER_LO, VOCAB, len(hide))
+    answers = toks[:, 1:].copy()
+    answers[rows, q] = digit
+    self.digit = digit
+    return toks, w, cont.astype(np.int32), answers
+
+
 def annealed(start, end, i, n):
   """Step i of n of a geometric anneal from `start` to `end`."""
   return start * (end / start) ** (i / max(n - 1, 1))
@@ -196,7 +238,10 @@ def train(model, args, log):
   stream = args.stream_steps
   fillers = args.filler_rows if args.mode == "fam" else 0
   carry_on = args.far_continue if args.mode == "fam" else 0.0
-  rows_mode = bool(stream or fillers or carry_on)
+  hold = args.far_hold if args.mode == "fam" else 0.0
+  rows_mode = bool(stream or fillers or carry_on or hold)
+  rng = np.random.RandomState(args.seed)
+  holds = Holds(rng, args.batch, hold)
   cfg = trainer.StepConfig(p_rsp=args.p_rsp if args.mode == "fam" else 0.0,
                            random_position_offset=bool(args.rpo),
                            state_passing="rows" if rows_mode else "row0",
@@ -205,7 +250,6 @@ def train(model, args, log):
   state = trainer.init_state(model, tx, keys, seed=args.seed,
                              rsp_rows=cfg.rsp_rows(args.batch))
   step = trainer.make_train_step(model, tx, sched, keys, cfg)
-  rng = np.random.RandomState(args.seed)
   curve, t0 = [], time.time()
   far2 = args.far2_steps
   total = args.dense_steps + args.far_steps + far2 + stream
@@ -226,23 +270,30 @@ def train(model, args, log):
                                          args.block)
     elif s < args.dense_steps + args.far_steps:
       phase, toks = "far", far_batch(rng, args.batch, args.blocks, args.block)
-    elif args.far2_mix and s % 2 == 0:
-      phase, toks = "far", far_batch(rng, args.batch, args.blocks, args.block)
     else:
-      phase, toks = "far2", far_batch(rng, args.batch, args.far2_blocks,
-                                      args.block)
+      phase, n = (("far", args.blocks) if args.far2_mix and s % 2 == 0
+                  else ("far2", args.far2_blocks))
+      if hold:
+        *toks, cont, ans = holds.next(n, args.block)
+      else:
+        toks = far_batch(rng, args.batch, n, args.block)
     first2 = args.dense_steps + args.far_steps
     if carry_on and phase.startswith("far") and s >= first2:
       cont[:] = (rng.rand(args.batch) < carry_on) & (s != first2)
     if fillers and phase.startswith("far"):
       toks = filler_rows(rng, *toks, cont, fillers, args.filler_reset,
                          first=s == args.dense_steps)
+    with_answers = phase == "stream" or (hold and phase.startswith("far")
+                                         and s >= first2)
     if args.vocab == "byte":
       if phase == "stream":
         raise ValueError("--vocab byte does not support --stream_steps")
-      toks = byte_layout(*toks)
+      if with_answers:
+        *toks, ans = byte_layout(*toks, ans)
+      else:
+        toks = byte_layout(*toks)
     state, m = step(state, as_batch(*toks, cont,
-                                    ans if phase == "stream" else None))
+                                    ans if with_answers else None))
     mixed = args.far2_mix and phase.startswith("far")
     if (s % args.log_every == 0 or s == total - 1 or
         (mixed and s % args.log_every == 1)):    # the other length too
@@ -324,6 +375,8 @@ def title(args) -> str:
     t += f", {args.filler_rows} filler stream rows"
   if args.far_continue:
     t += f", rows go on from their own state ({args.far_continue:g})"
+  if args.far_hold:
+    t += f", holds across pieces ({args.far_hold:g})"
   return t
 
 
@@ -350,7 +403,7 @@ def heatmap(path, res, caption):
 
 def parser():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--mode", default="fam", choices=("fam", "bswa"))
+  p.add_argument("--mode", default="fam", choices=("fam", "bswa", "full"))
   p.add_argument("--vocab", default="tokens", choices=("tokens", "byte"),
                  help="byte: the same task in the byte vocabulary, a BOS at "
                       "position 0 (the layout of famjax eval's digit_carry "
@@ -408,6 +461,11 @@ def parser():
                       "of the initial FAM; the question asks for the new "
                       "digit, so the model learns to overwrite, and the "
                       "states it trains on are of every age")
+  p.add_argument("--far_hold", type=float, default=0.0,
+                 help="in the far2 phase (both lengths of a mix), the chance "
+                      "a step that a row goes on into a piece without a "
+                      "digit whose question asks again for the digit it "
+                      "holds (see Holds): holds longer than a piece")
   p.add_argument("--p_rsp", type=float, default=0.0)
   p.add_argument("--rpo", type=int, default=1)
   p.add_argument("--seed", type=int, default=0)

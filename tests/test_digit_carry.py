@@ -223,3 +223,30 @@ def test_byte_model_famjax_eval_equals_its_own_scores(tmp_path):
         100 * np.mean(h)), depth
   assert got["accuracy"] == pytest.approx(
       100 * np.mean([x for h in hits.values() for x in h]))
+
+
+def test_holds_ask_again_for_the_digit_a_row_holds():
+  """Holds: a fresh piece is a `far` sequence; a piece that goes on has no
+  digit and its question's target is the digit its row holds, written
+  pieces earlier; a piece that will go on does not show its answer."""
+  rng = np.random.RandomState(0)
+  h = dc.Holds(rng, 8, p_hold=0.6)
+  written = [None] * 8
+  chained = 0
+  for i in range(60):
+    toks, w, cont, answers = h.next(4 if i % 2 else 3, 8)
+    batch = dc.as_batch(toks, w, cont, answers)
+    for r in range(8):
+      q = int(np.flatnonzero(w[r])[0])
+      body = toks[r, :q + 1]
+      if cont[r]:
+        assert not (body < 10).any()                  # nothing new
+        chained += 1
+      else:
+        digits = np.flatnonzero(body < 10)
+        assert len(digits) == 1
+        written[r] = body[digits[0]]
+      assert batch["decoder_target_tokens"][r, q] == written[r]
+      shown = toks[r, q + 1] < 10
+      assert shown == (not h.go_on[r])    # hidden when the row goes on
+  assert chained > 100
