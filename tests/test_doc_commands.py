@@ -51,6 +51,8 @@ PLACEHOLDERS = [
     ("/runs/", "{TMP}/runs/"),
     ("/tmp/famjax_quickstart", "{TMP}/famjax_quickstart"),
     ("/tmp/famjax_books", "{BOOKS}"),
+    ("benchmarks/models/", "{REPO}/benchmarks/models/"),   # read only
+    ("/tmp/eval_digit_carry_fam", "{TMP}/eval_digit_carry_fam"),
 ]
 
 OVERRIDES = {
@@ -113,7 +115,8 @@ def _books(tmp):
   return eval_fixtures.write_books(os.path.join(tmp, "_books"))
 
 
-RESOURCES = {"TMP": lambda tmp: tmp, "SMOLLM2_GGUF": _smollm2_gguf,
+RESOURCES = {"TMP": lambda tmp: tmp, "REPO": lambda tmp: REPO,
+             "SMOLLM2_GGUF": _smollm2_gguf,
              "TINY_HF": _tiny_hf, "BOOKS": _books}
 
 
