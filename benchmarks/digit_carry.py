@@ -17,7 +17,8 @@ scan, Random State Passing, Random Position Offset, AdamW) in two phases:
          nothing in between: the FAM must hold the digit over up to
          blocks - 1 updates of filler;
   far2   (optional, --far2_steps) `far` at --far2_blocks blocks: a length
-         curriculum (--far2_mix 1: alternating with `far` batches);
+         curriculum (--far2_mix 1: alternating with `far` batches; a list
+         such as 32,128 takes its lengths in turn);
   stream (optional, --stream_steps) every row is an endless stream, cut
          into `blocks`-block pieces, one a step; row i of a step continues
          row i of the step before from its own final FAM state
@@ -40,6 +41,10 @@ scan, Random State Passing, Random Position Offset, AdamW) in two phases:
          FAM state (a fresh start with --filler_reset a step), so that
          --growth_penalty (StepConfig.fam_growth_penalty) also sees states
          hundreds of blocks old.
+  --init_model_dir DIR: start from a saved model's weights (a famjax model
+         directory, e.g. one --model_dir wrote) instead of fresh ones; with
+         --dense_steps 0 --far_steps 0 this fine-tunes it in the far2 phase
+         alone (fresh optimizer state, --lr).
 Evaluation: `far` sequences of 1x to 64x the training blocks, the needle at
 depth 0, 0.5 and 1 (block 0, the middle block, the block before the
 question); accuracy = argmax of the answer (greedy decoding).
@@ -211,18 +216,53 @@ def annealed(start, end, i, n):
   return start * (end / start) ** (i / max(n - 1, 1))
 
 
+def far2_lengths(args):
+  """The far2 phase's sequence lengths in blocks, taken in turn."""
+  out = [int(x) for x in str(args.far2_blocks).split(",") if x.strip()]
+  if not out or min(out) < 1:
+    raise ValueError(f"--far2_blocks {args.far2_blocks!r}: give one or more "
+                     "positive block counts, e.g. 32 or 32,128")
+  return out
+
+
+def far2_step(args, s, lengths2=None):
+  """(phase, blocks) of step s of the far2 phase: with --far2_mix, even
+  steps are `far` at --blocks; the far2 steps take --far2_blocks in turn."""
+  lengths2 = lengths2 or far2_lengths(args)
+  if args.far2_mix and s % 2 == 0:
+    return "far", args.blocks
+  k = s - args.dense_steps - args.far_steps
+  if args.far2_mix:
+    k //= 2
+  return "far2", lengths2[k % len(lengths2)]
+
+
 def build(args):
   from flax import nnx
   from famjax import ModelConfig, Transformer
   from famjax.config import AttentionConfig
+  attention = AttentionConfig(mode=args.mode, block_size=args.block,
+                              memory_segments=args.memory,
+                              fam_length=args.fam_length,
+                              fam_state_rms=args.fam_state_rms)
   cfg = ModelConfig(
       vocab_size=BYTE_VOCAB if args.vocab == "byte" else VOCAB, d_model=args.d_model, num_layers=args.layers,
       num_heads=args.heads, num_kv_heads=args.heads,
       head_dim=args.d_model // args.heads, ffn_dim=2 * args.d_model,
-      attention=AttentionConfig(mode=args.mode, block_size=args.block,
-                                memory_segments=args.memory,
-                                fam_length=args.fam_length,
-                                fam_state_rms=args.fam_state_rms))
+      attention=attention)
+  if getattr(args, "init_model_dir", None):
+    from famjax import params_io
+    saved = params_io.load_config(args.init_model_dir)
+    for field in ("vocab_size", "d_model", "num_layers", "num_heads",
+                  "ffn_dim"):
+      if getattr(saved, field) != getattr(cfg, field):
+        raise ValueError(
+            f"--init_model_dir {args.init_model_dir}: its {field} is "
+            f"{getattr(saved, field)}, these arguments make "
+            f"{getattr(cfg, field)}; pass the saved model's --vocab, "
+            "--d_model, --layers and --heads")
+    return params_io.load_model_dir(args.init_model_dir,
+                                    attention=attention, seed=args.seed)[1]
   return Transformer(cfg, rngs=nnx.Rngs(args.seed))
 
 
@@ -252,6 +292,7 @@ def train(model, args, log):
   step = trainer.make_train_step(model, tx, sched, keys, cfg)
   curve, t0 = [], time.time()
   far2 = args.far2_steps
+  lengths2 = far2_lengths(args)
   total = args.dense_steps + args.far_steps + far2 + stream
   streams = Streams(rng, args.batch, args.stream_digit,
                     args.stream_question,
@@ -271,8 +312,7 @@ def train(model, args, log):
     elif s < args.dense_steps + args.far_steps:
       phase, toks = "far", far_batch(rng, args.batch, args.blocks, args.block)
     else:
-      phase, n = (("far", args.blocks) if args.far2_mix and s % 2 == 0
-                  else ("far2", args.far2_blocks))
+      phase, n = far2_step(args, s, lengths2)
       if hold:
         *toks, cont, ans = holds.next(n, args.block)
       else:
@@ -365,6 +405,8 @@ def title(args) -> str:
     mix = '8/' if args.far2_mix else ''
     t += (f", then {mix}{args.far2_blocks} blocks"
           f" (lr {args.lr:g})")
+  if getattr(args, "init_model_dir", None):
+    t += f", from {os.path.basename(os.path.normpath(args.init_model_dir))}"
   if args.fam_state_rms:
     t += f", FAM rows rescaled to RMS {args.fam_state_rms:g}"
   if args.stream_steps:
@@ -418,6 +460,9 @@ def parser():
                  help="AttentionConfig.fam_state_rms (outside the rules)")
   p.add_argument("--blocks", type=int, default=8,
                  help="blocks per training sequence")
+  p.add_argument("--init_model_dir", default=None,
+                 help="start from this famjax model directory's weights "
+                      "(same --vocab, --d_model, --layers, --heads)")
   p.add_argument("--d_model", type=int, default=64)
   p.add_argument("--layers", type=int, default=2)
   p.add_argument("--heads", type=int, default=4)
@@ -427,7 +472,9 @@ def parser():
   p.add_argument("--far_steps", type=int, default=600)
   p.add_argument("--far2_steps", type=int, default=0,
                  help="a third phase: `far` at --far2_blocks blocks")
-  p.add_argument("--far2_blocks", type=int, default=32)
+  p.add_argument("--far2_blocks", default="32",
+                 help="blocks of a far2 sequence; a list (32,128) is taken "
+                      "in turn")
   p.add_argument("--far2_mix", type=int, default=0,
                  help="1: every other far2 step is an ordinary `far` batch")
   p.add_argument("--stream_steps", type=int, default=0,

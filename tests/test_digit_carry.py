@@ -250,3 +250,42 @@ def test_holds_ask_again_for_the_digit_a_row_holds():
       shown = toks[r, q + 1] < 10
       assert shown == (not h.go_on[r])    # hidden when the row goes on
   assert chained > 100
+
+
+def test_far2_takes_its_lengths_in_turn():
+  args = dc.arguments(dense_steps=0, far_steps=0, far2_mix=1, blocks=8,
+                      far2_blocks="32,128")
+  assert [dc.far2_step(args, s) for s in range(8)] == [
+      ("far", 8), ("far2", 32), ("far", 8), ("far2", 128),
+      ("far", 8), ("far2", 32), ("far", 8), ("far2", 128)]
+  args = dc.arguments(dense_steps=10, far_steps=5, far2_mix=0,
+                      far2_blocks="16,64")
+  assert [dc.far2_step(args, s)[1] for s in range(15, 19)] == [16, 64, 16, 64]
+  with pytest.raises(ValueError, match="far2_blocks"):
+    dc.far2_lengths(dc.arguments(far2_blocks="32,0"))
+
+
+def test_init_model_dir_starts_from_the_saved_weights(tmp_path):
+  """--init_model_dir: the model starts from a saved directory's weights
+  (not fresh ones of --seed); a mismatched architecture is refused."""
+  import jax
+  from famjax import params_io
+  args = dc.arguments(vocab="byte", block=8, fam_length=2, d_model=32,
+                      layers=1, heads=2, seed=3)
+  saved = dc.build(args)
+  path = str(tmp_path / "m")
+  want = jax.tree.map(lambda x: np.asarray(x) * 1.5 + 0.25,
+                      params_io.params_dict(saved))  # unlike any fresh init
+  params_io.save_model_dir(path, saved.cfg, want)
+  fresh = params_io.params_dict(dc.build(dc.arguments(**{**vars(args),
+                                                         "seed": 4})))
+  args.init_model_dir, args.seed = path, 4
+  got = params_io.params_dict(dc.build(args))
+  leaves = jax.tree_util.tree_leaves_with_path
+  for (k, a), (_, b), (_, c) in zip(leaves(got), leaves(want),
+                                    leaves(fresh)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(k))
+    assert not np.array_equal(np.asarray(a), np.asarray(c)), k
+  args.d_model = 64
+  with pytest.raises(ValueError, match="d_model"):
+    dc.build(args)
