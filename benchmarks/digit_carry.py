@@ -36,6 +36,10 @@ scan, Random State Passing, Random Position Offset, AdamW) in two phases:
          into a piece without a digit whose question asks again for the
          digit it holds (the answer is never shown as input then): holds
          over several pieces, gradients over one.
+  --far_warm P: in the far2 phase half the rows that start afresh run
+         lossless filler pieces first, each going on from its own state,
+         and wake into a task piece with chance P a step: digits are
+         written into FAM states of every age (with --far_hold: then held).
   --filler_rows K: in the far phases the last K rows of every batch are
          endless filler streams without loss, each going on from its own
          FAM state (a fresh start with --filler_reset a step), so that
@@ -114,6 +118,15 @@ def byte_layout(toks, w, answers=None):
   if answers is not None:
     return right(BYTE_OF[toks]), right(w), right(BYTE_OF[answers])
   return right(BYTE_OF[toks]), right(w)
+
+
+def continued_without_bos(rng, toks, cont):
+  """Byte pieces that go on from an earlier piece's state are the middle
+  of one long sequence: their position 0 is filler, not a BOS."""
+  toks = toks.copy()
+  on = np.flatnonzero(cont)
+  toks[on, 0] = BYTE_OF[rng.randint(FILLER_LO, VOCAB, len(on))]
+  return toks
 
 
 def filler_rows(rng, toks, w, cont, k, p_reset, first=False):
@@ -211,6 +224,53 @@ class Holds:
     return toks, w, cont.astype(np.int32), answers
 
 
+class Lives:
+  """Far-task rows with a life: a row that starts afresh runs, with chance
+  1/2, lossless filler pieces first (`warm`), going on from its own FAM
+  state, and wakes into a task piece with chance p_wake a step; else it
+  starts with a task piece from the initial FAM. After a task piece a row
+  holds its digit into a digit-free piece that asks for it again with
+  chance p_hold (as in Holds), else it starts afresh. Task pieces thus
+  write their digit into FAM states of every age. `next(blocks, block)` ->
+  (tokens [n, T+1], weights [n, T], continues [n], answers [n, T])."""
+
+  WARM, TASK = 1, 2
+
+  def __init__(self, rng, n, p_wake, p_hold):
+    self.rng, self.n, self.p_wake, self.p_hold = rng, n, p_wake, p_hold
+    self.last = np.zeros(n, int)          # 0 fresh, WARM or TASK
+    self.go_on = np.zeros(n, bool)        # a TASK row holds on
+    self.digit = np.full(n, -1)
+
+  def next(self, blocks, block):
+    rng, n, rows = self.rng, self.n, np.arange(self.n)
+    toks, w = far_batch(rng, n, blocks, block)
+    q = w.argmax(1)
+    hold = (self.last == self.TASK) & self.go_on
+    wake = (self.last == self.WARM) & (rng.rand(n) < self.p_wake)
+    stay = (self.last == self.WARM) & ~wake
+    fresh = ~(hold | wake | stay)
+    warm = stay | (fresh & (rng.rand(n) < 0.5))
+    cont = (hold | wake | stay).astype(np.int32)
+    for r in np.flatnonzero(hold):          # no new digit in a hold piece
+      body = toks[r, :-1]
+      digits = body < 10
+      body[digits] = rng.randint(FILLER_LO, VOCAB, digits.sum())
+    digit = np.where(hold, self.digit, toks[rows, q + 1])
+    toks[rows, q + 1] = digit
+    task = ~warm
+    self.go_on = task & (rng.rand(n) < self.p_hold)
+    hide = np.flatnonzero(self.go_on)
+    toks[hide, q[hide] + 1] = rng.randint(FILLER_LO, VOCAB, len(hide))
+    toks[warm] = rng.randint(FILLER_LO, VOCAB, toks[warm].shape)
+    w[warm] = 0.0
+    answers = toks[:, 1:].copy()
+    answers[rows, q] = np.where(task, digit, answers[rows, q])
+    self.digit = np.where(task, digit, -1)
+    self.last = np.where(warm, self.WARM, self.TASK)
+    return toks, w, cont, answers
+
+
 def annealed(start, end, i, n):
   """Step i of n of a geometric anneal from `start` to `end`."""
   return start * (end / start) ** (i / max(n - 1, 1))
@@ -279,9 +339,11 @@ def train(model, args, log):
   fillers = args.filler_rows if args.mode == "fam" else 0
   carry_on = args.far_continue if args.mode == "fam" else 0.0
   hold = args.far_hold if args.mode == "fam" else 0.0
-  rows_mode = bool(stream or fillers or carry_on or hold)
+  warm = args.far_warm if args.mode == "fam" else 0.0
+  rows_mode = bool(stream or fillers or carry_on or hold or warm)
   rng = np.random.RandomState(args.seed)
-  holds = Holds(rng, args.batch, hold)
+  holds = (Lives(rng, args.batch, warm, hold) if warm
+           else Holds(rng, args.batch, hold))
   cfg = trainer.StepConfig(p_rsp=args.p_rsp if args.mode == "fam" else 0.0,
                            random_position_offset=bool(args.rpo),
                            state_passing="rows" if rows_mode else "row0",
@@ -313,7 +375,7 @@ def train(model, args, log):
       phase, toks = "far", far_batch(rng, args.batch, args.blocks, args.block)
     else:
       phase, n = far2_step(args, s, lengths2)
-      if hold:
+      if hold or warm:
         *toks, cont, ans = holds.next(n, args.block)
       else:
         toks = far_batch(rng, args.batch, n, args.block)
@@ -323,8 +385,9 @@ def train(model, args, log):
     if fillers and phase.startswith("far"):
       toks = filler_rows(rng, *toks, cont, fillers, args.filler_reset,
                          first=s == args.dense_steps)
-    with_answers = phase == "stream" or (hold and phase.startswith("far")
-                                         and s >= first2)
+    with_answers = phase == "stream" or ((hold or warm) and
+                                         phase.startswith("far") and
+                                         s >= first2)
     if args.vocab == "byte":
       if phase == "stream":
         raise ValueError("--vocab byte does not support --stream_steps")
@@ -332,6 +395,8 @@ def train(model, args, log):
         *toks, ans = byte_layout(*toks, ans)
       else:
         toks = byte_layout(*toks)
+      if cont is not None:
+        toks = continued_without_bos(rng, toks, cont)
     state, m = step(state, as_batch(*toks, cont,
                                     ans if with_answers else None))
     mixed = args.far2_mix and phase.startswith("far")
@@ -419,6 +484,8 @@ def title(args) -> str:
     t += f", rows go on from their own state ({args.far_continue:g})"
   if args.far_hold:
     t += f", holds across pieces ({args.far_hold:g})"
+  if getattr(args, "far_warm", 0):
+    t += f", tasks from old filler states ({args.far_warm:g})"
   return t
 
 
@@ -513,6 +580,11 @@ def parser():
                       "a step that a row goes on into a piece without a "
                       "digit whose question asks again for the digit it "
                       "holds (see Holds): holds longer than a piece")
+  p.add_argument("--far_warm", type=float, default=0.0,
+                 help="in the far2 phase, half the rows that start afresh "
+                      "first run lossless filler pieces from their own "
+                      "state and wake into a task piece with this chance a "
+                      "step (Lives; with --far_hold: holds after it)")
   p.add_argument("--p_rsp", type=float, default=0.0)
   p.add_argument("--rpo", type=int, default=1)
   p.add_argument("--seed", type=int, default=0)

@@ -289,3 +289,56 @@ def test_init_model_dir_starts_from_the_saved_weights(tmp_path):
   args.d_model = 64
   with pytest.raises(ValueError, match="d_model"):
     dc.build(args)
+
+
+def test_lives_write_digits_into_old_filler_states_then_hold_them():
+  """Lives: a warm piece is lossless filler; a row that goes on from a warm
+  piece either stays warm or wakes into a task piece (one digit, asked in
+  the last block); a hold piece has no digit and asks for the held one;
+  every piece that goes on follows a piece of its own row."""
+  rng = np.random.RandomState(0)
+  h = dc.Lives(rng, 8, p_wake=0.3, p_hold=0.4)
+  held = [None] * 8
+  prev = [None] * 8
+  kinds = {"warm": 0, "woke": 0, "hold": 0, "cold": 0}
+  for i in range(80):
+    toks, w, cont, answers = h.next(4 if i % 2 else 3, 8)
+    batch = dc.as_batch(toks, w, cont, answers)
+    for r in range(8):
+      body = toks[r, :-1]
+      digits = np.flatnonzero(body < 10)
+      if prev[r] is None:
+        assert not cont[r]
+      if not w[r].any():                                   # warm
+        assert len(digits) == 0 and (toks[r] >= dc.FILLER_LO).all()
+        kinds["warm"] += 1
+        prev[r], held[r] = "warm", None
+        continue
+      q = int(np.flatnonzero(w[r])[0])
+      assert q >= (toks.shape[1] - 1) - 8                  # the last block
+      body = toks[r, :q + 1]                               # to the question
+      digits = np.flatnonzero(body < 10)
+      if cont[r] and prev[r] == "task" and len(digits) == 0:
+        kinds["hold"] += 1                                 # asks again
+        assert held[r] is not None
+      else:
+        assert len(digits) == 1
+        held[r] = body[digits[0]]
+        if cont[r]:
+          assert prev[r] == "warm"
+          kinds["woke"] += 1
+        else:
+          kinds["cold"] += 1
+      assert batch["decoder_target_tokens"][r, q] == held[r]
+      assert (toks[r, q + 1] < 10) == (not h.go_on[r])
+      prev[r] = "task"
+  assert min(kinds.values()) > 20, kinds
+
+
+def test_continued_byte_pieces_have_no_bos():
+  toks, w = dc.byte_layout(*dc.far_batch(np.random.RandomState(0), 4, 3, 8))
+  out = dc.continued_without_bos(np.random.RandomState(1), toks,
+                                 np.array([0, 1, 0, 1]))
+  assert (out[[0, 2], 0] == 0).all()                       # BOS: fresh rows
+  assert set(out[[1, 3], 0]) <= set(dc.BYTE_OF[dc.FILLER_LO:])
+  np.testing.assert_array_equal(out[:, 1:], toks[:, 1:])
