@@ -396,7 +396,7 @@ def train(model, args, log):
       else:
         toks = byte_layout(*toks)
       if cont is not None:
-        toks = continued_without_bos(rng, toks, cont)
+        toks = [continued_without_bos(rng, toks[0], cont), *toks[1:]]
     state, m = step(state, as_batch(*toks, cont,
                                     ans if with_answers else None))
     mixed = args.far2_mix and phase.startswith("far")
