@@ -188,6 +188,16 @@ class Streams:
     return toks, w, cont.astype(np.int32), answers
 
 
+def drop_digits(rng, toks, rows):
+  """Replace every digit of the inputs toks[rows, :-1] by filler, in place
+  (rows: a boolean mask)."""
+  held = np.flatnonzero(rows)
+  body = toks[held, :-1]
+  digits = body < 10
+  body[digits] = rng.randint(FILLER_LO, VOCAB, digits.sum())
+  toks[held, :-1] = body
+
+
 class Holds:
   """`far` batches in which a row's digit can outlive its piece: with
   chance p_hold a step, a row goes on (its own FAM state) into a piece with
@@ -208,11 +218,7 @@ class Holds:
     toks, w = far_batch(rng, n, blocks, block)
     q = w.argmax(1)
     cont = self.go_on & (self.digit >= 0)
-    held = np.flatnonzero(cont)
-    body = toks[held, :-1]
-    digits = body < 10
-    body[digits] = rng.randint(FILLER_LO, VOCAB, digits.sum())
-    toks[held, :-1] = body
+    drop_digits(rng, toks, cont)
     digit = np.where(cont, self.digit, toks[rows, q + 1])
     toks[rows, q + 1] = digit
     self.go_on = rng.rand(n) < self.p_hold
@@ -252,10 +258,7 @@ class Lives:
     fresh = ~(hold | wake | stay)
     warm = stay | (fresh & (rng.rand(n) < 0.5))
     cont = (hold | wake | stay).astype(np.int32)
-    for r in np.flatnonzero(hold):          # no new digit in a hold piece
-      body = toks[r, :-1]
-      digits = body < 10
-      body[digits] = rng.randint(FILLER_LO, VOCAB, digits.sum())
+    drop_digits(rng, toks, hold)            # no new digit in a hold piece
     digit = np.where(hold, self.digit, toks[rows, q + 1])
     toks[rows, q + 1] = digit
     task = ~warm
@@ -310,7 +313,7 @@ def build(args):
       num_heads=args.heads, num_kv_heads=args.heads,
       head_dim=args.d_model // args.heads, ffn_dim=2 * args.d_model,
       attention=attention)
-  if getattr(args, "init_model_dir", None):
+  if args.init_model_dir:
     from famjax import params_io
     saved = params_io.load_config(args.init_model_dir)
     for field in ("vocab_size", "d_model", "num_layers", "num_heads",
@@ -470,7 +473,7 @@ def title(args) -> str:
     mix = '8/' if args.far2_mix else ''
     t += (f", then {mix}{args.far2_blocks} blocks"
           f" (lr {args.lr:g})")
-  if getattr(args, "init_model_dir", None):
+  if args.init_model_dir:
     t += f", from {os.path.basename(os.path.normpath(args.init_model_dir))}"
   if args.fam_state_rms:
     t += f", FAM rows rescaled to RMS {args.fam_state_rms:g}"
@@ -484,7 +487,7 @@ def title(args) -> str:
     t += f", rows go on from their own state ({args.far_continue:g})"
   if args.far_hold:
     t += f", holds across pieces ({args.far_hold:g})"
-  if getattr(args, "far_warm", 0):
+  if args.far_warm:
     t += f", tasks from old filler states ({args.far_warm:g})"
   return t
 
