@@ -351,7 +351,9 @@ def train(model, args, log):
                            random_position_offset=bool(args.rpo),
                            state_passing="rows" if rows_mode else "row0",
                            fam_growth_penalty=(args.growth_penalty
-                                               if args.mode == "fam" else 0.0))
+                                               if args.mode == "fam" else 0.0),
+                           fam_size_penalty=(args.size_penalty
+                                             if args.mode == "fam" else 0.0))
   state = trainer.init_state(model, tx, keys, seed=args.seed,
                              rsp_rows=cfg.rsp_rows(args.batch))
   step = trainer.make_train_step(model, tx, sched, keys, cfg)
@@ -408,7 +410,8 @@ def train(model, args, log):
       m = jax.device_get(m)
       curve.append([s, phase, float(m["loss"]), float(m["accuracy"])])
       grow = (f" growth {float(m['fam_growth']):.3f}" if "fam_growth" in m
-              else "")
+              else "") + (f" size {float(m['fam_size']):.3f}"
+                          if "fam_size" in m else "")
       log(f"{args.mode} step {s} ({phase}) loss {curve[-1][2]:.4f} "
           f"acc {curve[-1][3]:.3f}{grow} {time.time() - t0:.0f}s")
   return state["params"], curve, time.time() - t0
@@ -481,6 +484,8 @@ def title(args) -> str:
     t += f", then {args.stream_steps} stream steps (lr {args.lr:g})"
   if args.growth_penalty:
     t += f", growth penalty {args.growth_penalty:g}"
+  if args.size_penalty:
+    t += f", size penalty {args.size_penalty:g}"
   if args.filler_rows:
     t += f", {args.filler_rows} filler stream rows"
   if args.far_continue:
@@ -562,6 +567,9 @@ def parser():
   p.add_argument("--growth_penalty", type=float, default=0.0,
                  help="StepConfig.fam_growth_penalty: a training loss on the "
                       "growth of the FAM state's RMS over a sequence")
+  p.add_argument("--size_penalty", type=float, default=0.0,
+                 help="StepConfig.fam_size_penalty: a training loss on the "
+                      "FAM state's RMS against the sequence's first block")
   p.add_argument("--filler_rows", type=int, default=0,
                  help="in the far phases, this many rows of each batch are "
                       "endless filler streams without loss that go on from "

@@ -114,14 +114,26 @@ def test_random_state_passing(p_rsp):
   assert float(m2["rsp_used"]) == p_rsp
 
 
+def _log_change(r):          # fam_growth_penalty: block to block
+  return jnp.mean(jnp.square(r[..., 1:] - r[..., :-1]))
+
+
+def _log_drift(r):           # fam_size_penalty: against the first block
+  return jnp.mean(jnp.square(r[..., 1:] - r[..., :1]))
+
+
 @pytest.mark.parametrize("p_rsp", [0.0, 1.0])
-def test_fam_growth_penalty(p_rsp):
-  """The step's update is the gradient of cross-entropy + lam * the mean
-  squared log-change of the FAM state's RMS from block to block, both from
-  the block-outer reference of docs/fam.md."""
+@pytest.mark.parametrize("field,metric,term", [
+    ("fam_growth_penalty", "fam_growth", _log_change),
+    ("fam_size_penalty", "fam_size", _log_drift)])
+def test_fam_state_size_penalties(p_rsp, field, metric, term):
+  """The step's update is the gradient of cross-entropy + lam * a term of
+  the FAM state's per-block RMS (the mean squared log-change from block to
+  block, or the mean squared log-ratio to the first block), both from the
+  block-outer reference of docs/fam.md."""
   lam = 0.5
   cfg = trainer.StepConfig(p_rsp=p_rsp, random_position_offset=False,
-                           fam_growth_penalty=lam)
+                           **{field: lam})
   model, state, step = setup(cfg)
   b1, b2 = make_batch(1, b=4), make_batch(2, b=4)
 
@@ -136,8 +148,7 @@ def test_fam_growth_penalty(p_rsp):
                                -1)[..., 0]
     w = batch["decoder_loss_weights"]
     ce = jnp.sum(nll * w) / jnp.sum(w)
-    r = jnp.log(jnp.stack(rms, -1))                    # [L, b, n]
-    g = jnp.mean(jnp.square(r[..., 1:] - r[..., :-1]))
+    g = term(jnp.log(jnp.stack(rms, -1)))              # rms: [L, b, n]
     return ce + lam * g, (ce, g, jnp.stack(rms, -1))
 
   # SGD at learning rate 1: the update is the gradient.
@@ -146,7 +157,7 @@ def test_fam_growth_penalty(p_rsp):
   (_, (ce, g, rms)), grads = jax.value_and_grad(ref_loss, has_aux=True)(
       p0, b1)
   np.testing.assert_allclose(m1["loss"], ce, atol=1e-5)
-  np.testing.assert_allclose(m1["fam_growth"], g, rtol=1e-4)
+  np.testing.assert_allclose(m1[metric], g, rtol=1e-4)
   assert float(g) > 1e-3                     # the state's size does change
   _, aux = nnx.merge(nnx.graphdef(model), p0)(
       jnp.asarray(b1["decoder_input_tokens"]), return_state=True)
@@ -162,11 +173,11 @@ def test_fam_growth_penalty(p_rsp):
   state, m2 = step(state, b2)
   _, (ce2, g2, _) = ref_loss(p1, b2, kept if p_rsp else None)
   np.testing.assert_allclose(m2["loss"], ce2, atol=1e-5)
-  np.testing.assert_allclose(m2["fam_growth"], g2, rtol=1e-4)
-  with pytest.raises(ValueError, match="fam_growth_penalty"):
-    trainer.StepConfig(fam_growth_penalty=-1.0).validate(4)
+  np.testing.assert_allclose(m2[metric], g2, rtol=1e-4)
+  with pytest.raises(ValueError, match=field):
+    trainer.StepConfig(**{field: -1.0}).validate(4)
   bswa = CFG.with_attention(mode="bswa", block_size=8, memory_segments=1)
-  with pytest.raises(ValueError, match="fam_growth_penalty=0.5 .* 'bswa'"):
+  with pytest.raises(ValueError, match=f"{field}=0.5 .* 'bswa'"):
     setup(cfg, cfg=bswa)
 
 

@@ -53,6 +53,7 @@ def test_tensorflow_start_up_noise_is_silenced():
     ("train.batch_size=0", "train.batch_size=0"),
     ("train.save_every=0", "train.save_every=0"),
     ("StepConfig.fam_growth_penalty=-1.0", "StepConfig.fam_growth_penalty=-1.0"),
+    ("StepConfig.fam_size_penalty=-1.0", "StepConfig.fam_size_penalty=-1.0"),
 ])
 def test_bad_number_one_line_nothing_written(binding, name, tiny_gin,
                                              tmp_path, capfd):
@@ -64,15 +65,16 @@ def test_bad_number_one_line_nothing_written(binding, name, tiny_gin,
   assert not run.exists()
 
 
-def test_growth_penalty_needs_fam(tiny_gin, tmp_path, capfd):
+@pytest.mark.parametrize("field", ["fam_growth_penalty", "fam_size_penalty"])
+def test_state_penalty_needs_fam(field, tiny_gin, tmp_path, capfd):
   run = tmp_path / "run"
   rc = main_in_process(f"--gin_file={tiny_gin}", f"--gin.MODEL_DIR={run}",
                        "--gin.AttentionConfig.mode='bswa'",
                        "--gin.AttentionConfig.fam_length=0",
-                       "--gin.StepConfig.fam_growth_penalty=0.5")
+                       f"--gin.StepConfig.{field}=0.5")
   assert rc == 2
   line = one_error(capfd)
-  assert "StepConfig.fam_growth_penalty=0.5" in line and "'bswa'" in line
+  assert f"StepConfig.{field}=0.5" in line and "'bswa'" in line
   assert not run.exists()
 
 

@@ -69,6 +69,14 @@ class StepConfig:
     over layers, rows and consecutive blocks of log(RMS(Phi_t) /
     RMS(Phi_t-1))^2 (`state_growth`), weighted like one token's loss per
     target token. It changes what is learned, not the model's computation.
+  fam_size_penalty: weight of a training loss on the FAM state's size
+    against the first block of the step's sequence (FAM mode; 0 = off, the
+    default): the mean over layers, rows and blocks t >= 1 of
+    log(RMS(Phi_t) / RMS(Phi_0))^2 (`state_drift`), weighted like
+    fam_growth_penalty. The block-to-block term lets a slow growth through
+    (1% a block costs 1e-4 a block, and is 3.5x over 128 blocks); this one
+    charges the whole drift of the sequence. Under state_passing "rows" a
+    continued row's Phi_0 is its first block of this step.
   """
   microbatches: int = 1
   p_rsp: float = 0.8
@@ -76,6 +84,7 @@ class StepConfig:
   z_loss: float = 0.0
   state_passing: str = "row0"
   fam_growth_penalty: float = 0.0
+  fam_size_penalty: float = 0.0
 
   def validate(self, batch_size: int) -> "StepConfig":
     if self.microbatches < 1 or batch_size % self.microbatches:
@@ -90,6 +99,9 @@ class StepConfig:
     if not self.fam_growth_penalty >= 0.0:
       raise ValueError(f"StepConfig.fam_growth_penalty="
                        f"{self.fam_growth_penalty} must be >= 0.")
+    if not self.fam_size_penalty >= 0.0:
+      raise ValueError(f"StepConfig.fam_size_penalty="
+                       f"{self.fam_size_penalty} must be >= 0.")
     return self
 
   def check_mode(self, mode: str) -> "StepConfig":
@@ -100,6 +112,12 @@ class StepConfig:
           f"penalises the growth of the FAM state, but the attention mode "
           f"(AttentionConfig.mode) is {mode!r}, which has none: set it to 0 "
           f"or use mode 'fam'.")
+    if self.fam_size_penalty > 0 and mode != "fam":
+      raise ValueError(
+          f"StepConfig.fam_size_penalty={self.fam_size_penalty} "
+          f"penalises the drift of the FAM state's size, but the attention "
+          f"mode (AttentionConfig.mode) is {mode!r}, which has none: set it "
+          f"to 0 or use mode 'fam'.")
     return self
 
   def rsp_rows(self, batch_size: int) -> int | None:
@@ -238,6 +256,16 @@ def state_growth(rms):
   return jnp.mean(jnp.square(lr[..., 1:] - lr[..., :-1]))
 
 
+def state_drift(rms):
+  """Mean over layers, rows and blocks t >= 1 of log(RMS(Phi_t) /
+  RMS(Phi_0))^2, from the per-block RMS [L, b, n] of the model's `fam_rms`
+  (0 for a single block)."""
+  lr = jnp.log(jnp.maximum(rms.astype(jnp.float32), 1e-30))
+  if lr.shape[-1] < 2:
+    return jnp.zeros((), jnp.float32)
+  return jnp.mean(jnp.square(lr[..., 1:] - lr[..., :1]))
+
+
 def _summaries(stats, grad_norm=None, lr=None):
   denom = jnp.maximum(stats["weight_sum"], 1.0)
   out = {"loss": stats["loss_sum"] / denom,
@@ -247,6 +275,8 @@ def _summaries(stats, grad_norm=None, lr=None):
     out["z_loss"] = stats["z_sum"] / denom
   if "growth_sum" in stats:
     out["fam_growth"] = stats["growth_sum"] / denom
+  if "size_sum" in stats:
+    out["fam_size"] = stats["size_sum"] / denom
   if grad_norm is not None:
     out["grad_norm"] = grad_norm
   if lr is not None:
@@ -281,8 +311,9 @@ def make_train_step(model, tx, schedule: Callable, keys, cfg: StepConfig, *,
   k = cfg.microbatches
   rows = fam and cfg.state_passing == "rows"
   growth = cfg.check_mode(mcfg.attention.mode).fam_growth_penalty > 0
+  size = cfg.fam_size_penalty > 0
   sums = ("loss_sum", "correct_sum", "weight_sum", "z_sum") + (
-      ("growth_sum",) if growth else ())
+      ("growth_sum",) if growth else ()) + (("size_sum",) if size else ())
 
   def loss_fn(train, frozen, mb, offset, fam_state, use):
     params = join_params(train, frozen)
@@ -296,6 +327,9 @@ def make_train_step(model, tx, schedule: Callable, keys, cfg: StepConfig, *,
       g = state_growth(aux["fam_rms"])
       stats["growth_sum"] = g * stats["weight_sum"]
       loss = loss + cfg.fam_growth_penalty * stats["growth_sum"]
+    if size:
+      stats["size_sum"] = state_drift(aux["fam_rms"]) * stats["weight_sum"]
+      loss = loss + cfg.fam_size_penalty * stats["size_sum"]
     return loss, (stats, phi)
 
   grad_fn = jax.grad(loss_fn, has_aux=True)
