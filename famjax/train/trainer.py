@@ -96,28 +96,22 @@ class StepConfig:
     if self.state_passing not in STATE_PASSING:
       raise ValueError(f"StepConfig.state_passing={self.state_passing!r} is "
                        f"unknown; use one of {STATE_PASSING}.")
-    if not self.fam_growth_penalty >= 0.0:
-      raise ValueError(f"StepConfig.fam_growth_penalty="
-                       f"{self.fam_growth_penalty} must be >= 0.")
-    if not self.fam_size_penalty >= 0.0:
-      raise ValueError(f"StepConfig.fam_size_penalty="
-                       f"{self.fam_size_penalty} must be >= 0.")
+    for name in ("fam_growth_penalty", "fam_size_penalty"):
+      if not getattr(self, name) >= 0.0:
+        raise ValueError(f"StepConfig.{name}={getattr(self, name)} must be "
+                         f">= 0.")
     return self
 
   def check_mode(self, mode: str) -> "StepConfig":
     """The fields that need a FAM model, against the attention mode."""
-    if self.fam_growth_penalty > 0 and mode != "fam":
-      raise ValueError(
-          f"StepConfig.fam_growth_penalty={self.fam_growth_penalty} "
-          f"penalises the growth of the FAM state, but the attention mode "
-          f"(AttentionConfig.mode) is {mode!r}, which has none: set it to 0 "
-          f"or use mode 'fam'.")
-    if self.fam_size_penalty > 0 and mode != "fam":
-      raise ValueError(
-          f"StepConfig.fam_size_penalty={self.fam_size_penalty} "
-          f"penalises the drift of the FAM state's size, but the attention "
-          f"mode (AttentionConfig.mode) is {mode!r}, which has none: set it "
-          f"to 0 or use mode 'fam'.")
+    for name, what in (("fam_growth_penalty", "the growth of the FAM state"),
+                       ("fam_size_penalty",
+                        "the drift of the FAM state's size")):
+      if getattr(self, name) > 0 and mode != "fam":
+        raise ValueError(
+            f"StepConfig.{name}={getattr(self, name)} penalises {what}, but "
+            f"the attention mode (AttentionConfig.mode) is {mode!r}, which "
+            f"has none: set it to 0 or use mode 'fam'.")
     return self
 
   def rsp_rows(self, batch_size: int) -> int | None:
