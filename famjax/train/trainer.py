@@ -240,24 +240,25 @@ def _forward(graphdef, rest, params, batch, *, offset=None, fam_state=None,
   return logits, aux
 
 
-def state_growth(rms):
-  """Mean over layers, rows and block steps of log(RMS(Phi_t) /
-  RMS(Phi_t-1))^2, from the per-block RMS [L, b, n] of the model's
-  `fam_rms` (0 for a single block)."""
+def _log_rms_gap(rms, reference: str):
+  """Mean over layers, rows and blocks t >= 1 of (log RMS(Phi_t) - log
+  RMS(Phi_ref))^2, ref = t-1 ("previous") or 0 ("first"), from the
+  per-block RMS [L, b, n] of the model's `fam_rms` (0 for a single block)."""
   lr = jnp.log(jnp.maximum(rms.astype(jnp.float32), 1e-30))
   if lr.shape[-1] < 2:
     return jnp.zeros((), jnp.float32)
-  return jnp.mean(jnp.square(lr[..., 1:] - lr[..., :-1]))
+  ref = lr[..., :-1] if reference == "previous" else lr[..., :1]
+  return jnp.mean(jnp.square(lr[..., 1:] - ref))
+
+
+def state_growth(rms):
+  """fam_growth_penalty's term: log(RMS(Phi_t) / RMS(Phi_t-1))^2."""
+  return _log_rms_gap(rms, "previous")
 
 
 def state_drift(rms):
-  """Mean over layers, rows and blocks t >= 1 of log(RMS(Phi_t) /
-  RMS(Phi_0))^2, from the per-block RMS [L, b, n] of the model's `fam_rms`
-  (0 for a single block)."""
-  lr = jnp.log(jnp.maximum(rms.astype(jnp.float32), 1e-30))
-  if lr.shape[-1] < 2:
-    return jnp.zeros((), jnp.float32)
-  return jnp.mean(jnp.square(lr[..., 1:] - lr[..., :1]))
+  """fam_size_penalty's term: log(RMS(Phi_t) / RMS(Phi_0))^2."""
+  return _log_rms_gap(rms, "first")
 
 
 def _summaries(stats, grad_norm=None, lr=None):
