@@ -307,7 +307,8 @@ def build(args):
   attention = AttentionConfig(mode=args.mode, block_size=args.block,
                               memory_segments=args.memory,
                               fam_length=args.fam_length,
-                              fam_state_rms=args.fam_state_rms)
+                              fam_state_rms=args.fam_state_rms,
+                              fam_decay=args.fam_decay)
   cfg = ModelConfig(
       vocab_size=BYTE_VOCAB if args.vocab == "byte" else VOCAB, d_model=args.d_model, num_layers=args.layers,
       num_heads=args.heads, num_kv_heads=args.heads,
@@ -480,6 +481,8 @@ def title(args) -> str:
     t += f", from {os.path.basename(os.path.normpath(args.init_model_dir))}"
   if args.fam_state_rms:
     t += f", FAM rows rescaled to RMS {args.fam_state_rms:g}"
+  if args.fam_decay:
+    t += f", learned FAM decay from {args.fam_decay:g}"
   if args.stream_steps:
     t += f", then {args.stream_steps} stream steps (lr {args.lr:g})"
   if args.growth_penalty:
@@ -533,6 +536,9 @@ def parser():
   p.add_argument("--fam_length", type=int, default=4)
   p.add_argument("--fam_state_rms", type=float, default=None,
                  help="AttentionConfig.fam_state_rms (outside the rules)")
+  p.add_argument("--fam_decay", type=float, default=None,
+                 help="AttentionConfig.fam_decay (outside the rules): a "
+                 "learned per-layer decay of the FAM state, starting here")
   p.add_argument("--blocks", type=int, default=8,
                  help="blocks per training sequence")
   p.add_argument("--init_model_dir", default=None,
@@ -640,12 +646,17 @@ def main_with(args):
     log(f"{args.mode} {blocks} blocks: " +
         " ".join(f"depth {d}: {a:.0%}" for d, a in row.items()) +
         (f"; FAM state RMS by layer {rms[blocks]}" if blocks in rms else ""))
+  keep = None
+  if args.fam_decay:
+    w = np.asarray(params["layers"]["fam_decay_logit"], np.float64)
+    keep = [round(float(x), 5) for x in 1.0 / (1.0 + np.exp(-w))]
+    log(f"learned FAM decay by layer: {keep}")
   if args.out:
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as fh:
       json.dump({"args": vars(args), "train_s": round(train_s, 1),
-                 "curve": curve, "accuracy": res, "fam_state_rms": rms},
-                fh, indent=1)
+                 "curve": curve, "accuracy": res, "fam_state_rms": rms,
+                 "fam_decay_learned": keep}, fh, indent=1)
     heatmap(os.path.splitext(args.out)[0] + ".png", res, title(args))
     log(f"wrote {args.out}")
   return res

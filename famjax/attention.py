@@ -159,7 +159,7 @@ class BlockLayout:
 # ------------------------------------------------------------- FAM chain
 def fam_pass(attender: Attender, layout: BlockLayout, project: Callable,
              finish: Callable, phi, blk_k, blk_v, valid, first, window=None,
-             state_rms=None):
+             state_rms=None, keep=None):
   """One layer's pass over the F FAM rows of one block (docs/fam.md).
 
   project(phi) -> (q, k, v) of the FAM rows at their positions;
@@ -168,12 +168,15 @@ def fam_pass(attender: Attender, layout: BlockLayout, project: Callable,
   of the block (within a native window). In the pass over block 0 the
   attention residual is zero. state_rms (AttentionConfig.fam_state_rms,
   outside the rules): rescale each new row to that root-mean-square.
+  keep (the lambda of AttentionConfig.fam_decay, outside the rules): the
+  attention residual of a pass after the first is keep * phi, not phi.
   Returns (new phi, FAM keys, FAM values).
   """
   qf, kf, vf = project(phi)
   o = attender(qf[:, None], layout.fam_rows(kf, vf, blk_k, blk_v, valid,
                                             window))[:, 0]
-  residual = jnp.where(first, 0.0, 1.0).astype(phi.dtype)
+  residual = jnp.where(first, 0.0, 1.0 if keep is None else keep
+                       ).astype(phi.dtype)
   new = finish(phi, o, residual)
   if state_rms is not None:
     n32 = new.astype(jnp.float32)

@@ -56,6 +56,12 @@ class AttentionConfig:
     d_model. NOT part of the paper's rules: under them the FAM rows are a
     residual stream that every block adds to, so the state's size grows
     about linearly with the number of blocks read (docs/fam.md).
+  fam_decay: None (default, the rules) or lambda0 in (0, 1) (fam only): each
+    layer's FAM update keeps lambda * Phi_{t-1} as its attention residual
+    instead of Phi_{t-1}, with lambda = sigmoid(w) and w a learned weight
+    per layer (`layers.fam_decay_logit`) that starts at logit(lambda0). NOT
+    part of the paper's rules: it adds L weights and makes the state a
+    leaky residual stream whose size stays bounded (docs/fam.md).
   """
   mode: str = "full"
   block_size: int = 512
@@ -65,6 +71,7 @@ class AttentionConfig:
   attention_chunk: int = 128
   fam_logit_bias: Optional[float] = None
   fam_state_rms: Optional[float] = None
+  fam_decay: Optional[float] = None
 
   def validate(self) -> "AttentionConfig":
     if self.mode not in ATTENTION_MODES:
@@ -102,6 +109,17 @@ class AttentionConfig:
         raise UserError(
             f"AttentionConfig.fam_state_rms={rms!r} means nothing in mode "
             f"{self.mode!r}; use mode 'fam' or leave fam_state_rms None.")
+    decay = self.fam_decay
+    if decay is not None:
+      if (not isinstance(decay, (int, float)) or isinstance(decay, bool) or
+          not 0.0 < decay < 1.0):
+        raise UserError(
+            f"AttentionConfig.fam_decay={decay!r} must be None or a number "
+            "strictly between 0 and 1 (the learned decay's starting value).")
+      if self.mode != "fam":
+        raise UserError(
+            f"AttentionConfig.fam_decay={decay!r} means nothing in mode "
+            f"{self.mode!r}; use mode 'fam' or leave fam_decay None.")
     if self.mode == "full":
       return self
     if not isinstance(self.block_size, int) or self.block_size <= 0:

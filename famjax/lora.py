@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 LORA_NAMES = ("lora_a", "lora_b")
-LORA_TRAINABLE = LORA_NAMES + ("fam_prompt",)
+LORA_TRAINABLE = LORA_NAMES + ("fam_prompt", "fam_decay_logit")
 MASK_MODES = ("all", "lora")
 
 
@@ -75,7 +75,8 @@ def _key_name(entry) -> str:
 def trainable_mask(params: Any, mode: str = "all"):
   """A pytree of bools shaped like `params`: True where a parameter trains.
 
-  mode "all": every parameter; "lora": only lora_a / lora_b and fam_prompt.
+  mode "all": every parameter; "lora": only lora_a / lora_b, fam_prompt and
+  (with AttentionConfig.fam_decay) the learned decay.
   Works on nested dicts and on `nnx.State` alike (the mask has the input's
   tree structure).
   """

@@ -87,6 +87,14 @@ class DecoderLayer(nnx.Module):
     self.mlp = GatedMLP(d, cfg.ffn_dim, cfg.activation, **dense,
                         lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
                         lora_targets=cfg.lora_targets)
+    decay = cfg.attention.fam_decay if cfg.attention.mode == "fam" else None
+    if decay is not None:   # outside the rules: a learned decay per layer
+      shape, axes = ((stack,), ("layers",)) if stack is not None else ((), ())
+      self.fam_decay_logit = nnx.Param(
+          jnp.full(shape, math.log(decay / (1.0 - decay)), pd),
+          logical_axes=axes)
+    else:
+      self.fam_decay_logit = None
     if cfg.sandwich_norm:
       self.post_attn_norm = RMSNorm(d, **norm)
       self.post_ffn_norm = RMSNorm(d, **norm)
@@ -100,6 +108,12 @@ class DecoderLayer(nnx.Module):
     if self.q_norm is not None:
       q, k = self.q_norm(q), self.k_norm(k)
     return apply_rope(q, angles), apply_rope(k, angles), v
+
+  def fam_keep(self):
+    """lambda of AttentionConfig.fam_decay (a learned weight), or None."""
+    if self.fam_decay_logit is None:
+      return None
+    return jax.nn.sigmoid(self.fam_decay_logit[...].astype(jnp.float32))
 
   def finish(self, x, o, residual=1.0):
     """Attention output o [..., S, H, D] -> layer output rows."""
@@ -333,7 +347,7 @@ class Transformer(nnx.Module):
                                lambda p: layer.project(p, ang_f[i]),
                                layer.finish, phi, kt, vt, n_valid[i],
                                (i == 0) & ~continue_stream, window,
-                               att.fam_state_rms)
+                               att.fam_state_rms, layer.fam_keep())
 
         phi_last, fk, fv, rms = attn.fam_chain(step, phi0, k, v)
         fk, fv = constrain(fk, KV_FAM), constrain(fv, KV_FAM)
@@ -453,7 +467,7 @@ class Transformer(nnx.Module):
               attender, layout,
               lambda p: layer.project(p, self._pick(loc, ang_now)),
               layer.finish, ls["phi"], bk, bv, blk, t == 0, window,
-              self.cfg.attention.fam_state_rms)
+              self.cfg.attention.fam_state_rms, layer.fam_keep())
           _, fk, fv = layer.project(phi, self._pick(loc, ang_next))
           return phi, fk, fv
 

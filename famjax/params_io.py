@@ -194,15 +194,22 @@ def load_model_dir(path: str, *, attention: Optional[AttentionConfig] = None,
 
 def _refuse_unknown(flat_src, flat_model, source):
   extra = sorted(".".join(map(str, k)) for k in flat_src
-                 if k not in flat_model and k[0] != "fam_prompt")
+                 if k not in flat_model and not _is_fam_weight(k))
   if extra:
     raise ValueError(f"{source}: weights {extra[:5]} do not exist in the model "
                      "(wrong architecture or config?).")
 
 
+def _is_fam_weight(key) -> bool:
+  """fam_prompt, and the learned decay of AttentionConfig.fam_decay: weights
+  of mode fam alone, dropped when the weights run in another mode."""
+  return key[0] == "fam_prompt" or key[-1] == "fam_decay_logit"
+
+
 def _is_new_weight(key) -> bool:
-  """Weights a checkpoint may lack: fam_prompt (switching to FAM), LoRA."""
-  return key[0] == "fam_prompt" or any("lora" in str(k) for k in key)
+  """Weights a checkpoint may lack: FAM's own (switching to FAM, or to the
+  fam_decay option), LoRA."""
+  return _is_fam_weight(key) or any("lora" in str(k) for k in key)
 
 
 def build_model(cfg: ModelConfig, params: dict, *, source: str = "checkpoint",

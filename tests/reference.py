@@ -337,6 +337,9 @@ def forward_blocks(xp, cfg, params, tokens, fam_state=None, offset=0.0,
       residual = np.ones(f + blk)
       if fam and tb == 0:
         residual[:f] = 0.0            # first update: A_fam = Attn(...)
+      elif fam and att.fam_decay is not None:   # option, off: rules
+        keep = 1.0 / (1.0 + xp.exp(-lp["fam_decay_logit"]))
+        residual = xp.concatenate([keep * xp.ones(f), xp.ones(blk)])
       out = finish(xp, cfg, lp, z, o, residual)
       memory[l].append((k[:, f:], v[:, f:]))
       if fam:

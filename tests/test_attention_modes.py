@@ -8,9 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from flax import nnx
+
+from famjax.model import Transformer
 from tests import reference as R
-from tests.helpers import (VOCAB, fast_for, gemma_cfg, llama_cfg, max_abs,
-                           qwen_cfg, tokens)
+from tests.helpers import (VOCAB, Fast, fast_for, gemma_cfg, llama_cfg,
+                           max_abs, qwen_cfg, tokens)
 
 TOL = 1e-4
 
@@ -35,6 +38,9 @@ CASES = [
     # mode fam with fam_state_rms (outside the rules)
     pytest.param(llama_cfg("fam", 4, 1, 2).with_attention(fam_state_rms=0.7),
                  2, 11, id="fam-rms-partial-gqa-b2"),
+    # mode fam with fam_decay (outside the rules); random per-layer decays
+    pytest.param(gemma_cfg("fam", 4, 2, 2).with_attention(fam_decay=0.9),
+                 2, 13, id="fam-decay-gemma"),
     # mode bswa
     pytest.param(llama_cfg("bswa", 4, 1), 2, 11, id="bswa-partial-b2"),
     pytest.param(llama_cfg("bswa", 4, 0), 1, 10, id="bswa-m0"),
@@ -152,7 +158,8 @@ def test_fam_state_and_position_offset():
   assert max_abs(ref0_state, state["fam_state"]) <= TOL
 
 
-def test_gradients_match_reference():
+@pytest.mark.parametrize("decay", [None, 0.9], ids=["rules", "fam_decay"])
+def test_gradients_match_reference(decay):
   """Gradients of a scalar loss with respect to every parameter flow through
   the whole FAM chain (no stop-gradient at block boundaries) as through the
   block-outer reference.
@@ -164,8 +171,10 @@ def test_gradients_match_reference():
   fast path). Each tensor is probed along its own gradient and along
   random directions. m = 0, so blocks talk only through the FAM chain;
   qkv bias and an untied head give every parameter kind of the Llama family.
+  With fam_decay (outside the rules) the learned decay is one more tensor.
   """
-  cfg = llama_cfg("fam", 4, 0, 2, qkv_bias=True)
+  cfg = llama_cfg("fam", 4, 0, 2, qkv_bias=True).with_attention(
+      fam_decay=decay)
   batch, length = 2, 10
   fast = fast_for(cfg)
   tok = tokens(batch, length)
@@ -192,9 +201,10 @@ def test_gradients_match_reference():
     g = np.asarray(flat_g[key], np.float64)
     assert g.shape == value.shape, key
     gnorm = float(np.linalg.norm(g))
-    if "fam_prompt" in jax.tree_util.keystr(key):
-      # the prompt reaches the loss only through the FAM chain
-      assert gnorm > 1e-3 * gnorm_all, gnorm
+    if any(n in jax.tree_util.keystr(key)
+           for n in ("fam_prompt", "fam_decay_logit")):
+      # these reach the loss only through the FAM chain
+      assert gnorm > 1e-3 * gnorm_all, (key, gnorm)
     dirs = [g / gnorm] if gnorm > 0 else []
     dirs += [rng.standard_normal(g.shape) for _ in range(2)]
     for u in dirs:
@@ -224,3 +234,37 @@ def test_fam_state_rms_rescales_every_fam_row():
   rules_rms = np.sqrt((np.asarray(rules_state["fam_state"]) ** 2).mean(-1))
   assert np.abs(rules_rms - 0.7).max() > 0.05
   assert max_abs(out, rules) > 1e-4
+
+
+def test_fam_decay_keeps_a_learned_share_of_the_state():
+  """fam_decay (outside the rules): lambda = sigmoid(w_l), w_l a weight per
+  layer starting at logit(lambda0). A decay of 1 is the rules (w made huge),
+  a smaller one changes the logits and shrinks the state."""
+  tok = tokens(2, 11)
+  fam = llama_cfg("fam", 4, 1, 2)
+  rules, rules_state = fast_for(fam)(tok, return_state=True)
+  decayed = fam.with_attention(fam_decay=0.5)
+  fast = fast_for(decayed)
+  w = fast.params["layers"]["fam_decay_logit"]
+  assert w.shape == (fam.num_layers,)
+  # the rules' weights plus the decay weight: nothing else is new
+  keys = lambda p: {jax.tree_util.keystr(k)
+                    for k, _ in jax.tree_util.tree_flatten_with_path(p)[0]}
+  assert keys(fast.params) - keys(fast_for(fam).params) == {
+      "['layers']['fam_decay_logit']"}
+  assert keys(fast_for(fam).params) <= keys(fast.params)
+  # a fresh model starts every layer at logit(lambda0)
+  model = Transformer(decayed, rngs=nnx.Rngs(0))
+  np.testing.assert_allclose(np.asarray(model.layers.fam_keep()), 0.5,
+                             rtol=1e-6)
+  with_w = lambda v: Fast(decayed, fast.params | {
+      "layers": fast.params["layers"] | {"fam_decay_logit": v}})
+  one = with_w(np.full_like(w, 40.0))
+  out_one, state_one = one(tok, return_state=True)
+  assert max_abs(out_one, rules) <= 1e-5
+  assert max_abs(state_one["fam_state"], rules_state["fam_state"]) <= 1e-5
+  half = with_w(np.zeros_like(w))
+  out_half, state_half = half(tok, return_state=True)
+  assert max_abs(out_half, rules) > 1e-3
+  rms = lambda s: float(np.sqrt(np.mean(np.square(np.asarray(s)))))
+  assert rms(state_half["fam_state"]) < rms(rules_state["fam_state"])

@@ -52,6 +52,13 @@ BAD = [
     pytest.param(base(fam_state_rms="1"), "fam_state_rms", id="rms-str"),
     pytest.param(base("bswa", fam_state_rms=1.0), "fam_state_rms",
                  id="rms-in-bswa"),
+    # fam_decay (outside the rules): None or 0 < lambda0 < 1, fam only
+    pytest.param(base(fam_decay=0.0), "fam_decay", id="decay=0"),
+    pytest.param(base(fam_decay=1.0), "fam_decay", id="decay=1"),
+    pytest.param(base(fam_decay=float("nan")), "fam_decay", id="decay=nan"),
+    pytest.param(base(fam_decay="0.9"), "fam_decay", id="decay-str"),
+    pytest.param(base("bswa", fam_decay=0.9), "fam_decay",
+                 id="decay-in-bswa"),
     # model
     pytest.param(model_kw(num_heads=4, num_kv_heads=3), "num_kv_heads",
                  id="kv-not-dividing"),

@@ -290,6 +290,20 @@ def test_export_refuses_unmerged_lora(src, tmp_path):
   assert not os.path.exists(tmp_path / "o")
 
 
+def test_export_refuses_the_learned_fam_decay(src, tmp_path):
+  """fam_decay (outside the rules) adds a weight HF checkpoints lack."""
+  from famjax.convert import ConvertError, load
+  from famjax.convert.export import export_params
+  cfg, params = load(src[0])
+  cfg = cfg.with_attention(mode="fam", block_size=4, fam_length=2,
+                           fam_decay=0.9)
+  params["fam_prompt"] = np.zeros((2, cfg.d_model), np.float32)
+  params["layers"]["fam_decay_logit"] = np.zeros((cfg.num_layers,))
+  with pytest.raises(ConvertError, match="fam_decay"):
+    export_params(cfg, params, str(tmp_path / "o"))
+  assert not os.path.exists(tmp_path / "o")
+
+
 def test_vocabulary_of_a_converted_model_dir_is_its_tokenizer(tmp_path):
   """get_vocabulary(famjax dir) finds the tokenizer the converter stored."""
   from famjax.convert.vocab import HFVocabulary

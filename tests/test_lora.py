@@ -123,6 +123,9 @@ def test_lora_mask_training_leaves_base_weights_identical():
   fam_mask = lora.trainable_mask(
       nnx.state(Transformer(CFG, rngs=nnx.Rngs(0)), nnx.Param), "lora")
   assert fam_mask["fam_prompt"].get_value() is True
+  decay_mask = lora.trainable_mask(nnx.state(Transformer(
+      CFG.with_attention(fam_decay=0.9), rngs=nnx.Rngs(0)), nnx.Param), "lora")
+  assert decay_mask["layers"]["fam_decay_logit"].get_value() is True
   assert fam_mask["layers"]["q"]["kernel"].get_value() is False
   # The trainer's way: the optimizer sees only the trainable subset.
   pure = params.to_pure_dict()

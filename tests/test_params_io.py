@@ -1,4 +1,5 @@
 """Model directories: round trip, atomic writes, clear errors."""
+import dataclasses
 import os
 
 import jax
@@ -29,6 +30,32 @@ def test_round_trip_and_switch_to_fam(tmp_path):
   _, model4 = params_io.load_model_dir(
       path, attention=AttentionConfig("bswa", 4, 8, 2))
   np.testing.assert_allclose(model4(tokens), model(tokens), atol=1e-5)
+
+
+def test_switch_to_fam_decay_adds_the_decay_weight(tmp_path):
+  """A model directory without the learned decay loads with fam_decay set:
+  every layer's decay starts at lambda0; the other weights are the saved
+  ones; saved with the decay, it loads back as it was."""
+  cfg = tiny_config("fam")
+  model = perturbed_model(cfg)
+  path = params_io.save_model_dir(str(tmp_path / "m"), cfg,
+                                  params_io.params_dict(model))
+  att = dataclasses.replace(cfg.attention, fam_decay=0.8)
+  cfg2, model2 = params_io.load_model_dir(path, attention=att)
+  np.testing.assert_allclose(np.asarray(model2.layers.fam_keep()), 0.8,
+                             rtol=1e-6)
+  old, new = params_io.params_dict(model), params_io.params_dict(model2)
+  assert set(new["layers"]) - set(old["layers"]) == {"fam_decay_logit"}
+  np.testing.assert_array_equal(new["layers"]["q"]["kernel"],
+                                old["layers"]["q"]["kernel"])
+  np.testing.assert_array_equal(new["fam_prompt"], old["fam_prompt"])
+  model2.layers.fam_decay_logit.set_value(jnp.asarray([0.3, -0.2]))
+  path2 = params_io.save_model_dir(str(tmp_path / "m2"), cfg2,
+                                   params_io.params_dict(model2))
+  cfg3, model3 = params_io.load_model_dir(path2)
+  assert cfg3.attention.fam_decay == 0.8
+  np.testing.assert_array_equal(model3.layers.fam_decay_logit[...],
+                                model2.layers.fam_decay_logit[...])
 
 
 def test_existing_output_is_never_overwritten(tmp_path):

@@ -73,6 +73,8 @@ STREAMS = [
                  1, 10, MIXED, id="fam-bias-gemma-m0-F=B"),
     pytest.param(gemma_cfg("fam", 4, 0, 4).with_attention(fam_state_rms=0.7),
                  1, 10, MIXED, id="fam-rms-gemma-m0-F=B"),
+    pytest.param(llama_cfg("fam", 4, 2, 1).with_attention(fam_decay=0.9),
+                 1, 12, block_patterns(4), id="fam-decay-llama-m2-F1"),
     pytest.param(gemma_cfg("bswa", 4, 2), 2, 13, MIXED, id="bswa-gemma-m2"),
     pytest.param(gemma_cfg("full"), 2, 13, MIXED, id="full-gemma"),
 ]

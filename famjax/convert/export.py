@@ -38,6 +38,11 @@ def _lora_keys(params, prefix=()):
 
 def hf_state_dict(cfg: ModelConfig, params: dict) -> dict:
   """{HF tensor name: numpy array} of famjax params (LoRA must be merged)."""
+  if cfg.attention.fam_decay is not None:
+    raise ConvertError(
+        "the model uses AttentionConfig.fam_decay (a learned FAM decay outside "
+        "the paper's rules), which a Hugging Face checkpoint has no place for; "
+        "export a model trained without it.")
   lora = list(_lora_keys(params))
   if lora:
     raise ConvertError(

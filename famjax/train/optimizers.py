@@ -6,7 +6,8 @@
   schedule  step -> learning rate (linear warmup, then constant / cosine /
             rsqrt); also reported as the `learning_rate` metric.
 
-Weight decay never touches norm scales, biases, `fam_prompt` or LoRA
+Weight decay never touches norm scales, biases, `fam_prompt`, the learned
+FAM decay (`fam_decay_logit`) or LoRA
 weights (`lora_a`, `lora_b`: decay would pull the adapted model back to the
 base model, not towards small weights); embeddings only with
 `decay_embeddings=True`.
@@ -73,7 +74,7 @@ def decay_mask(params, decay_embeddings: bool = False):
     name = _path_name(path)
     leaf = name.rsplit("/", 1)[-1]
     if ("norm" in name or leaf in ("bias",) + LORA_NAMES or
-        "fam_prompt" in name):
+        "fam_prompt" in name or leaf == "fam_decay_logit"):
       return False
     if leaf == "embedding":
       return decay_embeddings
