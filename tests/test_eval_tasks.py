@@ -363,6 +363,11 @@ def test_registering_generates_nothing_and_names_parse(tmp_path):
   assert not eval_tasks.ensure_registered("vt_counted_1k", vocab)
   assert eval_tasks.ensure_registered("vt_other_3000", vocab, lengths=[1024])
   assert {"vt_other_1k", "vt_other_3000"} <= set(eval_info.TASK_INFO)
+  # a family with its own lengths, asked beyond them: that one task
+  carry = seqio.get_mixture_or_task("digit_carry_carry").tasks
+  assert eval_tasks.ensure_registered("digit_carry_carry_32k", BYTE)
+  assert eval_info.TASK_INFO["digit_carry_carry_32k"]["length"] == 32768
+  assert seqio.get_mixture_or_task("digit_carry_carry").tasks == carry
   with pytest.raises(ValueError, match="vocab_name"):
     eval_tasks.register_eval_suite(vocab, "has_underscore")
 

@@ -319,7 +319,9 @@ def ensure_registered(name: str, vocab: Union[str, seqio.Vocabulary],
   True if it registered anything.
 
   `ensure_registered("passkey_smollm2_16k", model_dir)` registers
-  `..._smollm2_...` tasks with the model's own tokenizer.
+  `..._smollm2_...` tasks with the model's own tokenizer;
+  `ensure_registered("digit_carry_byte_64k", model_dir)` registers that one
+  task beyond the family's own lengths.
   """
   if name in seqio.TaskRegistry.names() or \
       name in seqio.MixtureRegistry.names():
@@ -327,7 +329,17 @@ def ensure_registered(name: str, vocab: Union[str, seqio.Vocabulary],
   parsed = parse_task_name(name)
   if parsed is None:
     return False
-  _, vocab_name, length = parsed
+  family, vocab_name, length = parsed
+  fam = FAMILIES.get(family)
+  if length and fam is not None and fam.lengths:
+    # a family with its own lengths (digit_carry), asked at another one:
+    # that one task, its family's mixture unchanged
+    if isinstance(vocab, str):
+      vocab = get_vocabulary(vocab)
+    if fam.byte_only and not isinstance(vocab, seqio.ByteVocabulary):
+      return False
+    register_task(family, vocab, vocab_name, length)
+    return True
   lengths = sorted(set(lengths) | ({length} if length else set()))
   register_eval_suite(vocab, vocab_name, lengths)
   return True
