@@ -291,3 +291,20 @@ def test_two_process_eval_equals_one_process(run_dir, first_eval, tmp_path):
       assert two[task][k] == pytest.approx(v, abs=1e-4), (task, k)
   assert "famjax eval: step 2 done" in logs[0]       # process 0 reports
   assert "famjax eval: step 2 done" not in logs[1]   # process 1 does not
+
+
+def test_byte_suite_task_beyond_its_family_lengths_by_name():
+  """A byte model directory has no tokenizer of its own; a digit_carry task
+  past the family's registered lengths is still found by its name, at that
+  length, and a misspelt one is still an error."""
+  import seqio
+  from famjax.data import eval_info
+  from famjax.errors import UserError
+  from famjax.evals import evaluator
+  task = evaluator.get_task("digit_carry_byte_24k")
+  assert task.name == "digit_carry_byte_24k"
+  assert eval_info.TASK_INFO[task.name]["length"] == 24 * 1024
+  assert "digit_carry_byte_24k" not in [
+      t.name for t in seqio.get_mixture_or_task("digit_carry_byte").tasks]
+  with pytest.raises(UserError, match="unknown task"):
+    evaluator.get_task("digit_cary_byte_24k")

@@ -34,15 +34,19 @@ def get_task(name: str, vocabulary=None):
 
   vocabulary: a model directory with its own tokenizer (or a vocabulary):
   suite tasks named for it (e.g. passkey_smollm2_4k) are registered first.
+  Without one, byte suite tasks beyond the registered lengths (e.g.
+  digit_carry_byte_64k) are registered by name.
   """
   import famjax.data.tasks  # noqa: F401  (registers the tasks)
-  if vocabulary is not None:
-    try:
-      from famjax.data.eval_tasks import ensure_registered
-    except ImportError:
-      ensure_registered = None
-    if ensure_registered is not None:
-      ensure_registered(str(name), vocabulary)
+  try:
+    from famjax.data import eval_tasks
+  except ImportError:
+    eval_tasks = None
+  if eval_tasks is not None:
+    if vocabulary is not None:
+      eval_tasks.ensure_registered(str(name), vocabulary)
+    elif (eval_tasks.parse_task_name(str(name)) or (None, None))[1] == "byte":
+      eval_tasks.ensure_registered(str(name), "byte")
   try:
     return seqio.get_mixture_or_task(name)
   except (ValueError, KeyError):
