@@ -308,3 +308,32 @@ def test_byte_suite_task_beyond_its_family_lengths_by_name():
       t.name for t in seqio.get_mixture_or_task("digit_carry_byte").tasks]
   with pytest.raises(UserError, match="unknown task"):
     evaluator.get_task("digit_cary_byte_24k")
+
+
+def test_plots_merge_runs_into_one_heatmap_and_table(tmp_path):
+  """python -m famjax.evals.plots: two eval runs' results.json (a mixture's
+  lengths and one asked by name) make one table and one heatmap; every
+  cell is its run's number."""
+  from famjax.evals import plots
+  runs = {"a": {"digit_carry_byte_128": 100.0, "digit_carry_byte_8k": 90.0},
+          "b": {"digit_carry_byte_64k": 55.0}}
+  paths = []
+  for name, tasks in runs.items():
+    steps = {"0": {t: {"accuracy": v, "accuracy@depth=0.00": v,
+                       "accuracy@depth=1.00": 100.0 - v}
+                   for t, v in tasks.items()}}
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps({"steps": steps}))
+    paths.append(str(path))
+  assert plots.main([str(tmp_path / "out")] + paths) == 0
+  table = (tmp_path / "out" / "ruler_step0.md").read_text().splitlines()
+  assert table[0] == "| task | metric | 128 | 8k | 64k | mean |"
+  assert table[2] == ("| digit_carry | accuracy | 100.00 | 90.00 | 55.00 | "
+                      "81.67 |")
+  assert (tmp_path / "out" / "heatmap_digit_carry_step0.png").stat().st_size
+  metrics, info = plots.merge_results(paths)
+  assert info["digit_carry_byte_64k"] == {"family": "digit_carry",
+                                          "length": 65536}
+  assert plots.grid(metrics, info)["digit_carry"][(1.0, 65536)] == 45.0
+  with pytest.raises(ValueError, match="no step 3"):
+    plots.merge_results(paths, "3")

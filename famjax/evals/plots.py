@@ -113,3 +113,44 @@ def write_summary(out_dir: str, step: int, metrics, info) -> list:
   with open(table, "w") as fh:
     fh.write(ruler_table(metrics, info))
   return paths + [table]
+
+
+def merge_results(paths, step: str = "0"):
+  """(metrics, info) of one step gathered from several `results.json` files
+  of `famjax eval` (e.g. a family's mixture plus tasks asked at further
+  lengths); a task evaluated twice keeps its last file's metrics."""
+  import json
+  from famjax.data.eval_tasks import parse_task_name
+  metrics, info = {}, {}
+  for path in paths:
+    with open(path) as fh:
+      steps = json.load(fh).get("steps", {})
+    if str(step) not in steps:
+      raise ValueError(f"{path} has no step {step} (it has {sorted(steps)}).")
+    for task, m in steps[str(step)].items():
+      parsed = parse_task_name(task)
+      if parsed is None or parsed[2] is None:
+        continue                      # not a suite task of one length
+      metrics[task] = m
+      info[task] = {"family": parsed[0], "length": parsed[2]}
+  return metrics, info
+
+
+def main(argv=None) -> int:
+  """`python -m famjax.evals.plots OUT_DIR RESULTS.json...`: one heatmap per
+  family and one table over the tasks of several eval runs."""
+  import argparse
+  ap = argparse.ArgumentParser(prog="python -m famjax.evals.plots",
+                               description=main.__doc__)
+  ap.add_argument("out_dir")
+  ap.add_argument("results", nargs="+", help="results.json of famjax eval runs")
+  ap.add_argument("--step", default="0")
+  args = ap.parse_args(argv)
+  metrics, info = merge_results(args.results, args.step)
+  for path in write_summary(args.out_dir, int(args.step), metrics, info):
+    print(path)
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())
