@@ -320,7 +320,7 @@ def ensure_registered(name: str, vocab: Union[str, seqio.Vocabulary],
 
   `ensure_registered("passkey_smollm2_16k", model_dir)` registers
   `..._smollm2_...` tasks with the model's own tokenizer;
-  `ensure_registered("digit_carry_byte_64k", model_dir)` registers that one
+  `ensure_registered("digit_carry_byte_64k", "byte")` registers that one
   task beyond the family's own lengths.
   """
   if name in seqio.TaskRegistry.names() or \
