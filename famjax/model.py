@@ -28,7 +28,7 @@ from flax import nnx
 
 from famjax import attention as attn
 from famjax.config import ModelConfig
-from famjax.layers import Dense, Embed, GatedMLP, RMSNorm
+from famjax.layers import Dense, Embed, GatedMLP, RMSNorm, param_with_axes
 from famjax.layers.rope import apply_rope, inv_frequencies, rope_angles
 from famjax.token_ids import check_token_ids
 from famjax.partitioning import constrain
@@ -89,10 +89,9 @@ class DecoderLayer(nnx.Module):
                         lora_targets=cfg.lora_targets)
     decay = cfg.attention.fam_decay if cfg.attention.mode == "fam" else None
     if decay is not None:   # outside the rules: a learned decay per layer
-      shape, axes = ((stack,), ("layers",)) if stack is not None else ((), ())
-      self.fam_decay_logit = nnx.Param(
-          jnp.full(shape, math.log(decay / (1.0 - decay)), pd),
-          logical_axes=axes)
+      self.fam_decay_logit = param_with_axes(
+          None, (), (), init=math.log(decay / (1.0 - decay)), dtype=pd,
+          stack=stack)
     else:
       self.fam_decay_logit = None
     if cfg.sandwich_norm:
@@ -341,13 +340,14 @@ class Transformer(nnx.Module):
         phi0 = constrain(phi_init if phi_given is None else jnp.where(
             use_fam_state, phi_given, phi_init), FAM_ROWS)
         ang_f = self._pick(loc, fam_angles)
+        keep = layer.fam_keep()          # once per layer, not per block
 
         def step(phi, kt, vt, i):
           return attn.fam_pass(attender, layout,
                                lambda p: layer.project(p, ang_f[i]),
                                layer.finish, phi, kt, vt, n_valid[i],
                                (i == 0) & ~continue_stream, window,
-                               att.fam_state_rms, layer.fam_keep())
+                               att.fam_state_rms, keep)
 
         phi_last, fk, fv, rms = attn.fam_chain(step, phi0, k, v)
         fk, fv = constrain(fk, KV_FAM), constrain(fv, KV_FAM)

@@ -62,7 +62,11 @@ project.defvjp(_project_fwd, _project_bwd)
 
 def param_with_axes(key, shape, axes, *, std=0.02, init="normal",
                     dtype=jnp.float32, stack: Optional[int] = None):
-  """An nnx.Param of `shape` (optionally stacked [stack, *shape])."""
+  """An nnx.Param of `shape` (optionally stacked [stack, *shape]).
+
+  init: "normal" (std, from `key`), "zeros", "ones", or a number (every
+  entry that constant; `key` unused).
+  """
   if stack is not None:
     shape = (stack,) + tuple(shape)
     axes = ("layers",) + tuple(axes)
@@ -72,6 +76,8 @@ def param_with_axes(key, shape, axes, *, std=0.02, init="normal",
     value = jnp.zeros(shape, jnp.float32)
   elif init == "ones":
     value = jnp.ones(shape, jnp.float32)
+  elif isinstance(init, (int, float)) and not isinstance(init, bool):
+    value = jnp.full(shape, init, jnp.float32)
   else:
     raise ValueError(f"unknown init {init!r}")
   return nnx.Param(value.astype(dtype), logical_axes=tuple(axes))
